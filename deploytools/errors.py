@@ -1,0 +1,85 @@
+"""One exception tree. Only the CLI entry point prints these and picks the exit code.
+
+Every message says what failed, where (host, file:line, command) and what to do.
+"""
+from __future__ import annotations
+
+# Exit codes (documented in README.md).
+EXIT_OK = 0
+EXIT_FAILED = 1  # deploy failed and was rolled back cleanly
+EXIT_USAGE = 2  # bad usage or config: nothing touched
+EXIT_UNRESTORED = 3  # failed and a host could not be restored: a human must look
+EXIT_LOCKED = 4  # locked by another deploy
+
+
+class DeployError(Exception):
+    """Root of every error deploytools raises on purpose."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, host: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.host = host
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.message}" if self.host else self.message
+
+
+class UsageError(DeployError):
+    """Bad command line: unknown task, service, host or option."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(DeployError):
+    """services.yaml is broken. Carries the file and line it points at."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.line = line
+
+    def __str__(self) -> str:
+        where = self.path or "services.yaml"
+        if self.line:
+            where = f"{where}:{self.line}"
+        return f"{where}: {self.message}"
+
+
+class ConnectionFailed(DeployError):
+    """A host could not be reached over SSH."""
+
+
+class RemoteCommandError(DeployError):
+    """A command on a host exited non-zero. Carries its output."""
+
+    def __init__(self, message: str, *, host: str | None = None, command: str = "",
+                 stdout: str = "", stderr: str = "", exited: int | None = None):
+        super().__init__(message, host=host)
+        self.command = command
+        self.stdout = stdout
+        self.stderr = stderr
+        self.exited = exited
+
+
+class StagingFailed(DeployError):
+    """Preparing a release failed before anything was switched."""
+
+
+class HealthGateFailed(DeployError):
+    """A wave failed its readiness or error-rate gate; the deploy was rolled back."""
+
+
+class RestoreFailed(DeployError):
+    """A rollback could not bring a host back to a working release."""
+
+    exit_code = EXIT_UNRESTORED
+
+
+class LockedError(DeployError):
+    """Another deploy holds the service's lock."""
+
+    exit_code = EXIT_LOCKED
