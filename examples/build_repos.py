@@ -1,0 +1,366 @@
+"""Turn the sample services in examples/ into real git repositories with history.
+
+    python examples/build_repos.py DEST [--json] [--only NAME ...]
+
+For each sample NAME this creates a bare origin DEST/origin/NAME.git and a
+working clone DEST/work/NAME. The tree in examples/NAME/ is commit v1; the
+later commits are small edits described in SAMPLES below. Every commit on
+master bumps VERSION in NAME/version.py ("1", "2", ...), so `GET /` tells
+them apart; the branches sit one commit on top of v2 and differ from it by
+exactly their change (VERSION stays "2"). Master labels are also pushed as
+tags (v1, v2, ...), so each stays reachable in origin and in every clone
+even after `push()` moves master.
+
+  airship (Django)  master v1..v5 (== v5); branches broken-import, errors-20, fails-on-others
+  skiff (Flask)     master v1..v3 (== v3); branches broken-import, errors-20
+  dory (WSGI)       master v1..v3 (== v3); branches broken-import, errors-20
+
+  v2               code only (`/` also reports the Python version)
+  v3               new requirement `six`, imported by the app (dory: a second code change)
+  v4               Flight.destination + migration 0002 (/flights uses the new column)
+  v5               static change (site.css)
+  broken-import    imports a missing module: the app cannot load, `gunicorn --check-config` fails
+  errors-20        every 5th request to `/` in each process answers 500; /healthz stays 200
+  fails-on-others  `/` answers 500 unless the short hostname is web-0; /healthz stays 200
+
+Identity and dates are fixed and global/system git config is ignored, so
+the shas are the same on every build.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+EXAMPLES = Path(__file__).resolve().parent
+MASTER = "master"
+IDENTITY = {"name": "deploytools samples", "email": "samples@deploytools.invalid"}
+EPOCH = 1_700_000_000  # commit n is dated EPOCH + 60 * n
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "staticfiles", "REVISION", "*.sqlite3")
+
+
+def git_env(when: Optional[int] = None) -> dict[str, str]:
+    """Environment for git: fixed identity, no global/system config, no prompts."""
+    env = dict(os.environ)
+    for key in [k for k in env if k.startswith("GIT_")]:
+        del env[key]  # e.g. GIT_DIR / GIT_INDEX_FILE from an enclosing git hook
+    env.update(
+        GIT_AUTHOR_NAME=IDENTITY["name"], GIT_AUTHOR_EMAIL=IDENTITY["email"],
+        GIT_COMMITTER_NAME=IDENTITY["name"], GIT_COMMITTER_EMAIL=IDENTITY["email"],
+        GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0",
+    )
+    if when is not None:
+        env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = f"@{when} +0000"
+    return env
+
+
+def git(cwd: Path, *args: str, when: Optional[int] = None, input: Optional[bytes] = None) -> str:
+    proc = subprocess.run(
+        ["git", "-c", "init.defaultBranch=master", "-c", "commit.gpgsign=false", *args],
+        cwd=cwd, env=git_env(when), input=input, capture_output=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}:\n{proc.stderr.decode(errors='replace')}")
+    return proc.stdout.decode(errors="replace").strip()
+
+
+# --- describing commits -------------------------------------------------------
+
+class Sub:
+    """Edit a file by replacing `old` (which must occur exactly once) with `new`."""
+
+    def __init__(self, *pairs: tuple[str, str]):
+        self.pairs = pairs
+
+    def apply(self, path: Path) -> str:
+        text = path.read_text()
+        for old, new in self.pairs:
+            if text.count(old) != 1:
+                raise ValueError(f"{path}: expected exactly one {old!r}")
+            text = text.replace(old, new)
+        return text
+
+
+Edit = Union[str, bytes, Sub, None]  # new content, an edit, or None to delete
+
+
+@dataclass
+class Step:
+    label: str
+    message: str
+    edits: Mapping[str, Edit] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    name: str
+    master: list[Step]  # first step is the tree in examples/NAME as it is
+    branches: list[Step]  # each one commit on top of `base`
+    base: str = "v2"
+
+
+def add_python_key(module: str, pid: str, python: str) -> dict[str, Sub]:
+    """The v2 code change: `/` also reports the Python version."""
+    return {module: Sub(("import os\n", "import os\nimport platform\n"),
+                        (pid, pid + f"        {python}platform.python_version(),\n"))}
+
+
+def every_fifth_fails(module: str, index_head: str, failure: str) -> dict[str, Sub]:
+    """The errors-20 edit: a per-process counter fails every 5th request to `/`."""
+    return {module: Sub(
+        ("import logging\n", "import itertools\nimport logging\n"),
+        ("log = logging.getLogger", "_requests = itertools.count(1)  # per process\nlog = logging.getLogger"),
+        (index_head, index_head
+         + "    if next(_requests) % 5 == 0:  # errors-20: every 5th request fails\n"
+         + '        log.error("simulated failure: every 5th request to / fails")\n'
+         + f"        return {failure}\n"),
+    )}
+
+
+BROKEN = "import does_not_exist  # noqa: F401  broken-import: this release cannot start\n"
+SIX = "import six  # noqa: F401  v3 needs a new requirement\n"
+
+AIRSHIP = Sample("airship", master=[
+    Step("v1", "airship: Django project with the flights app, migration 0001 and static css"),
+    Step("v2", "airship: report the Python version on /", add_python_key("airship/views.py", '"pid": os.getpid(),\n', '"python": ')),
+    Step("v3", "airship: depend on six", {
+        "requirements.txt": Sub(("psycopg[binary]>=3.1\n", "psycopg[binary]>=3.1\nsix>=1.16\n")),
+        "airship/views.py": Sub(("from django.http import HttpResponse, JsonResponse\n",
+                                 "from django.http import HttpResponse, JsonResponse\n" + SIX)),
+    }),
+    Step("v4", "airship: add Flight.destination (migration 0002)", {
+        "flights/models.py": Sub(("    created =", "    destination = models.CharField(max_length=64, default=\"\")\n"
+                                                "    created =")),
+        "flights/migrations/0002_flight_destination.py": '''\
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("flights", "0001_initial")]
+
+    operations = [
+        migrations.AddField(
+            model_name="flight",
+            name="destination",
+            field=models.CharField(default="", max_length=64),
+        ),
+    ]
+''',
+        # Touch the new column, so /flights fails if the migration was not run.
+        "airship/views.py": Sub(('return JsonResponse({"count": Flight.objects.count()})',
+                                 'return JsonResponse({\n        "count": Flight.objects.count(),\n'
+                                 '        "with_destination": Flight.objects.exclude(destination="").count(),\n'
+                                 '    })')),
+    }),
+    Step("v5", "airship: new colours", {
+        "flights/static/flights/site.css": Sub(("color: #123456;", "color: #654321; background: #fafafa;")),
+    }),
+], branches=[
+    Step("broken-import", "airship: import a module that does not exist", {
+        "airship/urls.py": Sub(("from django.views.static import serve\n",
+                                "from django.views.static import serve\n" + BROKEN)),
+    }),
+    Step("errors-20", "airship: fail every 5th request to /", every_fifth_fails(
+        "airship/views.py", "def index(request):\n",
+        'HttpResponse("simulated failure", status=500, content_type="text/plain")')),
+    Step("fails-on-others", "airship: fail / on every host but web-0", {"airship/views.py": Sub((
+        "def index(request):\n",
+        "def index(request):\n"
+        '    if socket.gethostname().split(".")[0] != "web-0":  # fails-on-others\n'
+        '        log.error("simulated failure: / only works on web-0")\n'
+        '        return HttpResponse("only works on web-0", status=500, content_type="text/plain")\n'))}),
+])
+
+SKIFF = Sample("skiff", master=[
+    Step("v1", "skiff: Flask app with /healthz, / and /version"),
+    Step("v2", "skiff: report the Python version on /", add_python_key("skiff/app.py", "pid=os.getpid(),\n", "python=")),
+    Step("v3", "skiff: depend on six", {
+        "requirements.txt": Sub(("gunicorn>=21\n", "gunicorn>=21\nsix>=1.16\n")),
+        "skiff/app.py": Sub(("from flask import Flask, jsonify\n", "import six  # noqa: F401  v3 needs a new requirement\n"
+                                                                  "from flask import Flask, jsonify\n")),
+    }),
+], branches=[
+    Step("broken-import", "skiff: import a module that does not exist", {
+        "skiff/app.py": Sub(("from flask import Flask, jsonify\n", BROKEN + "from flask import Flask, jsonify\n")),
+    }),
+    Step("errors-20", "skiff: fail every 5th request to /", every_fifth_fails(
+        "skiff/app.py", '@app.get("/")\ndef index():\n',
+        '"simulated failure", 500, {"Content-Type": "text/plain"}')),
+])
+
+DORY = Sample("dory", master=[
+    Step("v1", "dory: plain WSGI app with /healthz, / and /version"),
+    Step("v2", "dory: report the Python version on /", add_python_key("dory/wsgi.py", '"pid": os.getpid(),\n', '"python": ')),
+    Step("v3", "dory: say which host served each response", {"dory/wsgi.py": Sub((
+        '[("Content-Type", ctype), ("Content-Length", str(len(data)))]',
+        '[\n        ("Content-Type", ctype),\n        ("Content-Length", str(len(data))),\n'
+        '        ("X-Served-By", socket.gethostname()),\n    ]'))}),
+], branches=[
+    Step("broken-import", "dory: import a module that does not exist", {
+        "dory/wsgi.py": Sub(("from pathlib import Path\n", "from pathlib import Path\n\n" + BROKEN)),
+    }),
+    Step("errors-20", "dory: fail every 5th request to /", every_fifth_fails(
+        "dory/wsgi.py", "def index():\n", '"500 Internal Server Error", "text/plain", "simulated failure"')),
+])
+
+SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY)}
+
+
+# --- the repositories ---------------------------------------------------------
+
+def _write(work: Path, edits: Mapping[str, Edit]) -> None:
+    for rel, edit in edits.items():
+        path = work / rel
+        if edit is None:
+            path.unlink()
+            continue
+        content = edit.apply(path) if isinstance(edit, Sub) else edit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+@dataclass
+class SampleRepo:
+    """A built sample: bare `origin`, working clone `work`, and label -> full sha."""
+
+    name: str
+    origin: Path
+    work: Path
+    commits: dict[str, str]
+    _clock: int = field(default=0, repr=False, compare=False)
+
+    def resolve(self, label_or_sha: str) -> str:
+        """Full sha of a label ("v3", "errors-20"), a sha (prefix) or any git revision."""
+        rev = self.commits.get(label_or_sha, label_or_sha)
+        try:
+            return git(self.work, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+        except RuntimeError:
+            raise ValueError(f"{self.name}: no label or commit {label_or_sha!r}") from None
+
+    def push(self, label_or_sha: str, branch: str = MASTER) -> str:
+        """Force origin's `branch` to that commit (the work clone is left alone). Returns the sha."""
+        sha = self.resolve(label_or_sha)
+        git(self.work, "push", "--quiet", "--force", "origin", f"{sha}:refs/heads/{branch}")
+        return sha
+
+    def commit(self, message: str, files: Mapping[str, Edit], branch: str = MASTER, *,
+               base: Optional[str] = None, label: Optional[str] = None) -> str:
+        """Commit `files` (relpath -> str/bytes content, Sub edit, or None to delete) on `branch`
+        and force-push that branch to origin. Returns the new sha.
+
+        The parent is `base` if given, else the work clone's `branch` if it exists,
+        else the work clone's current HEAD. The work clone is left on `branch`.
+        """
+        if base is not None:
+            start = self.resolve(base)
+        elif git(self.work, "branch", "--list", branch):
+            start = branch
+        else:
+            start = "HEAD"
+        git(self.work, "checkout", "--quiet", "-B", branch, start)
+        _write(self.work, files)
+        git(self.work, "add", "--all")
+        self._clock += 1
+        git(self.work, "commit", "--quiet", "--allow-empty", "-m", message, when=EPOCH + 60 * self._clock)
+        sha = git(self.work, "rev-parse", "HEAD")
+        git(self.work, "push", "--quiet", "--force", "origin", f"{branch}:refs/heads/{branch}")
+        if label:
+            self.commits[label] = sha
+        return sha
+
+    def export(self, label_or_sha: str, dest: Path) -> Path:
+        """Write the tree of that commit (no .git) to `dest`, which must not exist yet."""
+        sha = self.resolve(label_or_sha)
+        data = subprocess.run(["git", "archive", "--format=tar", sha], cwd=self.work, env=git_env(),
+                              capture_output=True, check=True).stdout
+        dest = Path(dest)
+        dest.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(dest, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
+        return dest
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "origin": str(self.origin), "work": str(self.work), "commits": self.commits}
+
+
+def build_one(sample: Sample, dest: Path) -> SampleRepo:
+    origin = dest / "origin" / f"{sample.name}.git"
+    work = dest / "work" / sample.name
+    for path in (origin, work):
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; build into an empty directory")
+    origin.parent.mkdir(parents=True, exist_ok=True)
+    git(origin.parent, "init", "--quiet", "--bare", origin.name)
+    shutil.copytree(EXAMPLES / sample.name, work, ignore=COPY_IGNORE)
+    git(work, "init", "--quiet")
+    git(work, "remote", "add", "origin", str(origin))
+
+    repo = SampleRepo(sample.name, origin, work, {})
+
+    def commit(step: Step, version: Optional[str]) -> None:
+        edits = dict(step.edits)
+        if version is not None:
+            edits[f"{sample.name}/version.py"] = _set_version(work / sample.name / "version.py", version)
+        _write(work, edits)
+        git(work, "add", "--all")
+        repo._clock += 1
+        git(work, "commit", "--quiet", "-m", step.message, when=EPOCH + 60 * repo._clock)
+        repo.commits[step.label] = git(work, "rev-parse", "HEAD")
+
+    for n, step in enumerate(sample.master, start=1):
+        commit(step, str(n) if n > 1 else None)  # examples/NAME already says VERSION = "1"
+        git(work, "tag", step.label)
+    for step in sample.branches:
+        git(work, "checkout", "--quiet", "-b", step.label, repo.commits[sample.base])
+        commit(step, None)
+    git(work, "checkout", "--quiet", MASTER)
+    git(work, "push", "--quiet", "--set-upstream", "origin", "--all")
+    git(work, "push", "--quiet", "origin", "--tags")
+    return repo
+
+
+def _set_version(path: Path, version: str) -> str:
+    text, count = re.subn(r'^VERSION = ".*"$', f'VERSION = "{version}"', path.read_text(), flags=re.M)
+    if count != 1:
+        raise ValueError(f"{path}: no VERSION line")
+    return text
+
+
+def build(dest: Path, names: Optional[list[str]] = None) -> dict[str, SampleRepo]:
+    """Build every sample (or just `names`) under `dest`; returns name -> SampleRepo."""
+    dest = Path(dest).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    return {name: build_one(SAMPLES[name], dest) for name in (names or list(SAMPLES))}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dest", type=Path, help="directory to build origin/ and work/ in")
+    parser.add_argument("--json", action="store_true", help="print name -> {origin, work, commits} as JSON")
+    parser.add_argument("--only", nargs="+", choices=sorted(SAMPLES), help="build only these samples")
+    args = parser.parse_args(argv)
+    repos = build(args.dest, args.only)
+    if args.json:
+        print(json.dumps({name: repo.to_json() for name, repo in repos.items()}, indent=2))
+    else:
+        for repo in repos.values():
+            print(f"{repo.name}: origin {repo.origin}  work {repo.work}")
+            for label, sha in repo.commits.items():
+                print(f"  {label:<16} {sha}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

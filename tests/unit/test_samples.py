@@ -1,0 +1,397 @@
+"""The sample services (examples/) and the git repositories built from them."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ALLOWED_REQUIREMENTS = {"Django", "gunicorn", "psycopg[binary]", "Flask", "six"}
+LABELS = {
+    "airship": {"v1", "v2", "v3", "v4", "v5", "broken-import", "errors-20", "fails-on-others"},
+    "skiff": {"v1", "v2", "v3", "broken-import", "errors-20"},
+    "dory": {"v1", "v2", "v3", "broken-import", "errors-20"},
+}
+TIP = {"airship": "v5", "skiff": "v3", "dory": "v3"}
+BRANCHES = {"broken-import", "errors-20", "fails-on-others"}
+
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("build_repos", EXAMPLES / "build_repos.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+build_repos = _load_builder()
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory):
+    started = time.monotonic()
+    built = build_repos.build(tmp_path_factory.mktemp("samples"))
+    assert time.monotonic() - started < 5
+    return built
+
+
+def git(repo_dir: Path, *args: str) -> str:
+    return build_repos.git(repo_dir, *args)
+
+
+def changed(repo, a: str, b: str) -> dict[str, str]:
+    """path -> status letter (A/M/D) between two labels."""
+    out = git(repo.work, "diff", "--name-status", repo.commits[a], repo.commits[b])
+    return {line.split("\t")[1]: line.split("\t")[0] for line in out.splitlines()}
+
+
+def show(repo, label: str, path: str) -> str:
+    return git(repo.work, "show", f"{repo.commits[label]}:{path}")
+
+
+# --- the commit graph ---------------------------------------------------------
+
+def test_labels_and_refs(repos):
+    assert set(repos) == set(LABELS)
+    for name, repo in repos.items():
+        assert repo.origin == repo.origin.parent / f"{name}.git" and repo.origin.parent.name == "origin"
+        assert repo.work.name == name and repo.work.parent.name == "work"
+        assert set(repo.commits) == LABELS[name]
+        assert all(re.fullmatch(r"[0-9a-f]{40}", sha) for sha in repo.commits.values())
+        assert git(repo.origin, "rev-parse", "master") == repo.commits[TIP[name]]
+        assert git(repo.origin, "symbolic-ref", "HEAD") == "refs/heads/master"
+        assert git(repo.work, "rev-parse", "HEAD") == repo.commits[TIP[name]]
+        assert git(repo.work, "status", "--porcelain") == ""
+        for label, sha in repo.commits.items():
+            ref = f"refs/heads/{label}" if label in BRANCHES else f"refs/tags/{label}"
+            assert git(repo.origin, "rev-parse", ref) == sha
+
+
+def test_master_is_linear_and_versions_count_up(repos):
+    for name, repo in repos.items():
+        masters = sorted(label for label in repo.commits if label.startswith("v"))
+        for n, label in enumerate(masters, start=1):
+            parent = git(repo.work, "rev-parse", f"{repo.commits[label]}^") if n > 1 else None
+            assert parent == (repo.commits[f"v{n - 1}"] if n > 1 else None)
+            assert f'VERSION = "{n}"' in show(repo, label, f"{name}/version.py")
+        assert git(repo.work, "rev-list", "--count", repo.commits[masters[-1]]) == str(len(masters))
+
+
+def test_branches_are_one_change_on_top_of_v2(repos):
+    for name, repo in repos.items():
+        for label in BRANCHES & set(repo.commits):
+            assert git(repo.work, "rev-parse", f"{repo.commits[label]}^") == repo.commits["v2"]
+            assert f'VERSION = "2"' in show(repo, label, f"{name}/version.py")
+    airship = repos["airship"]
+    assert changed(airship, "v2", "broken-import") == {"airship/urls.py": "M"}
+    assert changed(airship, "v2", "errors-20") == {"airship/views.py": "M"}
+    assert changed(airship, "v2", "fails-on-others") == {"airship/views.py": "M"}
+    assert changed(repos["skiff"], "v2", "errors-20") == {"skiff/app.py": "M"}
+    assert changed(repos["dory"], "v2", "broken-import") == {"dory/wsgi.py": "M"}
+
+
+def test_airship_history(repos):
+    repo = repos["airship"]
+    assert changed(repo, "v1", "v2") == {"airship/version.py": "M", "airship/views.py": "M"}
+
+    assert changed(repo, "v2", "v3") == {"requirements.txt": "M", "airship/version.py": "M", "airship/views.py": "M"}
+    assert "six" not in show(repo, "v2", "requirements.txt")
+    assert "six>=" in show(repo, "v3", "requirements.txt")
+    views_diff = git(repo.work, "diff", repo.commits["v2"], repo.commits["v3"], "--", "airship/views.py")
+    assert [l for l in views_diff.splitlines() if l[:1] in "+-" and l[:3] not in ("+++", "---")] == [
+        "+import six  # noqa: F401  v3 needs a new requirement"]
+
+    v4 = changed(repo, "v3", "v4")
+    new_migrations = [p for p, s in v4.items() if s == "A" and re.fullmatch(r"flights/migrations/0002_\w+\.py", p)]
+    assert len(new_migrations) == 1
+    assert v4["flights/models.py"] == "M"
+    assert not any(p.startswith("flights/static/") or p == "requirements.txt" for p in v4)
+
+    assert changed(repo, "v4", "v5") == {"flights/static/flights/site.css": "M", "airship/version.py": "M"}
+
+
+def test_skiff_and_dory_history(repos):
+    skiff, dory = repos["skiff"], repos["dory"]
+    assert changed(skiff, "v1", "v2") == {"skiff/version.py": "M", "skiff/app.py": "M"}
+    assert changed(skiff, "v2", "v3") == {"skiff/version.py": "M", "skiff/app.py": "M", "requirements.txt": "M"}
+    assert "six>=" in show(skiff, "v3", "requirements.txt")
+    assert changed(dory, "v1", "v2") == {"dory/version.py": "M", "dory/wsgi.py": "M"}
+    assert changed(dory, "v2", "v3") == {"dory/version.py": "M", "dory/wsgi.py": "M"}
+
+
+def test_only_prebuilt_requirements_in_any_commit(repos):
+    for repo in repos.values():
+        for sha in git(repo.origin, "rev-list", "--all").split():
+            for line in git(repo.origin, "show", f"{sha}:requirements.txt").splitlines():
+                if line.strip() and not line.startswith("#"):
+                    name = re.match(r"[A-Za-z0-9_.-]+(\[[^\]]*\])?", line).group(0)
+                    assert name in ALLOWED_REQUIREMENTS, (repo.name, sha, line)
+
+
+def test_builds_are_reproducible(repos, tmp_path):
+    again = build_repos.build(tmp_path, names=["dory"])
+    assert again["dory"].commits == repos["dory"].commits
+
+
+def test_helpers_commit_push_export(tmp_path):
+    repo = build_repos.build(tmp_path / "b", names=["dory"])["dory"]
+    v3 = repo.commits["v3"]
+
+    sha = repo.commit("add notes", {"NOTES.txt": "hello\n"}, label="notes")
+    assert repo.commits["notes"] == sha
+    assert git(repo.origin, "rev-parse", "master") == sha
+    assert git(repo.origin, "rev-parse", f"{sha}^") == v3
+
+    gone = repo.commit("drop notes", {"NOTES.txt": None})
+    assert git(repo.origin, "rev-parse", f"{gone}^") == sha
+    assert "NOTES.txt" not in git(repo.origin, "ls-tree", "--name-only", gone)
+
+    assert repo.push("v1") == repo.commits["v1"]
+    assert git(repo.origin, "rev-parse", "master") == repo.commits["v1"]
+    assert repo.push(v3[:10], branch="release") == v3
+    assert git(repo.origin, "rev-parse", "release") == v3
+
+    feature = repo.commit("feature", {"dory/extra.py": "X = 1\n"}, branch="feature", base="v2")
+    assert git(repo.origin, "rev-parse", "feature^") == repo.commits["v2"]
+    assert git(repo.origin, "rev-parse", "feature") == feature
+
+    tree = repo.export("v1", tmp_path / "v1")
+    assert 'VERSION = "1"' in (tree / "dory" / "version.py").read_text()
+    assert not (tree / ".git").exists()
+
+    # a fresh clone of origin still has every labelled master commit (tags)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo.origin), str(clone)], check=True,
+                   env=build_repos.git_env())
+    git(clone, "cat-file", "-e", f"{repo.commits['v3']}^{{commit}}")
+
+
+def test_cli_json(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "build_repos.py"), str(tmp_path), "--json"],
+                          capture_output=True, text=True, check=True)
+    data = json.loads(proc.stdout)
+    assert {name: set(info["commits"]) for name, info in data.items()} == LABELS
+    assert Path(data["airship"]["origin"]).is_dir()
+
+
+# --- running the apps ---------------------------------------------------------
+
+@contextlib.contextmanager
+def imported(tree: Path, module: str):
+    """Import `module` fresh from `tree`, and forget it afterwards."""
+    package = module.split(".")[0]
+
+    def forget():
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+
+    forget()
+    sys.path.insert(0, str(tree))
+    try:
+        yield importlib.import_module(module)
+    finally:
+        sys.path.remove(str(tree))
+        forget()
+
+
+def wsgi_get(application, path):
+    environ = {"PATH_INFO": path}
+    setup_testing_defaults(environ)
+    seen = {}
+
+    def start_response(status, headers, exc_info=None):
+        seen["status"], seen["headers"] = int(status.split()[0]), dict(headers)
+
+    body = b"".join(application(environ, start_response))
+    return seen["status"], seen["headers"], body.decode()
+
+
+def flask_get(app, path):
+    response = app.test_client().get(path)
+    return response.status_code, dict(response.headers), response.get_data(as_text=True)
+
+
+def check_endpoints(get, name, version, revision):
+    status, headers, body = get("/healthz")
+    assert (status, body) == (200, "ok")
+    assert headers["Content-Type"].startswith("text/plain")
+
+    status, headers, body = get("/")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    data = json.loads(body)
+    assert {k: data[k] for k in ("service", "version", "revision", "hostname", "pid")} == {
+        "service": name, "version": version, "revision": revision,
+        "hostname": socket.gethostname(), "pid": os.getpid()}
+
+    status, _, body = get("/version")
+    assert (status, body) == (200, revision)
+
+
+@pytest.mark.parametrize("name, module, attr, get", [
+    ("skiff", "skiff.app", "app", flask_get),
+    ("dory", "dory.wsgi", "application", wsgi_get),
+])
+def test_small_apps(repos, tmp_path, name, module, attr, get):
+    repo = repos[name]
+    tree = repo.export("v1", tmp_path / "v1")
+    with imported(tree, module) as mod:
+        app = getattr(mod, attr)
+        check_endpoints(lambda p: get(app, p), name, "1", "unknown")
+        (tree / "REVISION").write_text(repo.commits["v1"] + "\n")
+        check_endpoints(lambda p: get(app, p), name, "1", repo.commits["v1"])
+
+    with imported(repo.export("v3", tmp_path / "v3"), module) as mod:
+        assert json.loads(get(getattr(mod, attr), "/")[2])["version"] == "3"
+
+    with pytest.raises(ModuleNotFoundError, match="does_not_exist"):
+        with imported(repo.export("broken-import", tmp_path / "broken"), module):
+            pass
+
+    with imported(repo.export("errors-20", tmp_path / "e20"), module) as mod:
+        app = getattr(mod, attr)
+        statuses = []
+        for _ in range(50):
+            statuses.append(get(app, "/")[0])
+            assert get(app, "/healthz")[0] == 200
+        assert [i for i, s in enumerate(statuses, 1) if s != 200] == list(range(5, 51, 5))
+        assert set(statuses) == {200, 500}
+
+
+DJANGO_SCRIPT = r"""
+import json, socket, sys
+spec = json.loads(sys.argv[1])
+if spec.get("hostname"):
+    socket.gethostname = lambda: spec["hostname"]
+import django
+from django.core.management import call_command
+django.setup()
+call_command("migrate", verbosity=0)
+call_command("collectstatic", interactive=False, verbosity=0)
+from django.test import Client
+client = Client()
+out = []
+for path in spec["paths"]:
+    response = client.get(path)
+    out.append([path, response.status_code, response.get("Content-Type"), response.getvalue().decode()])
+    response.close()
+print(json.dumps(out))
+"""
+
+
+def django_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "STATIC_ROOT", "AIRSHIP_SQLITE_PATH")}
+    env.update(DJANGO_SETTINGS_MODULE="airship.settings", PYTHONDONTWRITEBYTECODE="1",
+               AIRSHIP_SQLITE_PATH=str(tmp_path / "airship.sqlite3"), STATIC_ROOT=str(tmp_path / "static"))
+    return env
+
+
+def run_django(tree, tmp_path, paths, hostname=None):
+    proc = subprocess.run([sys.executable, "-c", DJANGO_SCRIPT, json.dumps({"paths": paths, "hostname": hostname})],
+                          cwd=tree, env=django_env(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_airship_v1(repos, tmp_path):
+    repo = repos["airship"]
+    tree = repo.export("v1", tmp_path / "v1")
+    (tree / "REVISION").write_text(repo.commits["v1"] + "\n")
+    results = run_django(tree, tmp_path, ["/healthz", "/", "/version", "/flights", "/static/flights/site.css"])
+    by_path = {path: (status, ctype, body) for path, status, ctype, body in results}
+
+    assert by_path["/healthz"] == (200, "text/plain", "ok")
+    status, ctype, body = by_path["/"]
+    assert status == 200 and ctype == "application/json"
+    data = json.loads(body)
+    assert {k: data[k] for k in ("service", "version", "revision")} == {
+        "service": "airship", "version": "1", "revision": repo.commits["v1"]}
+    assert data["hostname"] == socket.gethostname() and isinstance(data["pid"], int)
+    assert by_path["/version"][0] == 200 and by_path["/version"][2] == repo.commits["v1"]
+    assert by_path["/flights"][0] == 200 and json.loads(by_path["/flights"][2]) == {"count": 0}
+    assert by_path["/static/flights/site.css"][0] == 200
+    assert "color: #123456" in by_path["/static/flights/site.css"][2]
+
+
+def test_airship_tip_migrates_and_serves_new_static(repos, tmp_path):
+    tree = repos["airship"].export("v5", tmp_path / "v5")
+    results = run_django(tree, tmp_path, ["/", "/flights", "/static/flights/site.css"])
+    assert [r[1] for r in results] == [200, 200, 200]
+    assert json.loads(results[0][3])["version"] == "5" and json.loads(results[0][3])["revision"] == "unknown"
+    assert json.loads(results[1][3]) == {"count": 0, "with_destination": 0}
+    assert "color: #654321" in results[2][3]
+
+
+@pytest.mark.parametrize("label", ["v1", "v4"])
+def test_airship_has_no_missing_migrations(repos, tmp_path, label):
+    tree = repos["airship"].export(label, tmp_path / label)
+    proc = subprocess.run([sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
+                          cwd=tree, env=django_env(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_airship_errors_20(repos, tmp_path):
+    tree = repos["airship"].export("errors-20", tmp_path / "e20")
+    results = run_django(tree, tmp_path, ["/", "/healthz"] * 50)
+    index = [status for path, status, _, _ in results if path == "/"]
+    assert [i for i, s in enumerate(index, 1) if s != 200] == list(range(5, 51, 5))
+    assert set(index) == {200, 500}
+    assert all(status == 200 for path, status, _, _ in results if path == "/healthz")
+
+
+@pytest.mark.parametrize("hostname, expected", [("web-0", 200), ("web-0.fleet.test", 200), ("web-1", 500)])
+def test_airship_fails_on_others(repos, tmp_path, hostname, expected):
+    tree = repos["airship"].export("fails-on-others", tmp_path / "f")
+    results = run_django(tree, tmp_path, ["/", "/", "/healthz"], hostname=hostname)
+    assert [r[1] for r in results] == [expected, expected, 200]
+
+
+@pytest.mark.parametrize("name, target", [("airship", "airship.wsgi"), ("skiff", "skiff.app:app"),
+                                          ("dory", "dory.wsgi")])
+def test_gunicorn_check_config(repos, tmp_path, name, target):
+    repo = repos[name]
+    env = django_env(tmp_path)
+    for label, ok in (("v1", True), ("broken-import", False)):
+        tree = repo.export(label, tmp_path / label)
+        proc = subprocess.run([sys.executable, "-m", "gunicorn", "--check-config", target],
+                              cwd=tree, env=env, capture_output=True, text=True)
+        assert (proc.returncode == 0) == ok, proc.stderr
+        if not ok:
+            assert "does_not_exist" in proc.stderr
+
+
+def test_airship_settings(repos, tmp_path, monkeypatch):
+    import runpy
+
+    tree = repos["airship"].export("v1", tmp_path / "releases" / "r1")
+    settings_py = str(tree / "airship" / "settings.py")
+    for var in ("DATABASE_URL", "AIRSHIP_SQLITE_PATH", "STATIC_ROOT", "SECRET_KEY"):
+        monkeypatch.delenv(var, raising=False)
+
+    s = runpy.run_path(settings_py)
+    assert s["DEBUG"] is False and s["ALLOWED_HOSTS"] == ["*"] and s["SECRET_KEY"]
+    assert s["DATABASES"]["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    assert s["DATABASES"]["default"]["NAME"] == tmp_path / "shared" / "airship.sqlite3"
+    assert s["STATIC_ROOT"] == tree / "staticfiles" and s["STATIC_URL"] == "/static/"
+
+    monkeypatch.setenv("SECRET_KEY", "s3")
+    monkeypatch.setenv("AIRSHIP_SQLITE_PATH", "/data/a.db")
+    monkeypatch.setenv("STATIC_ROOT", "/srv/static")
+    s = runpy.run_path(settings_py)
+    assert s["SECRET_KEY"] == "s3" and str(s["DATABASES"]["default"]["NAME"]) == "/data/a.db"
+    assert str(s["STATIC_ROOT"]) == "/srv/static"
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://air%40ship:p%3Ass@db.example:6543/flights")
+    db = runpy.run_path(settings_py)["DATABASES"]["default"]
+    assert db == {"ENGINE": "django.db.backends.postgresql", "NAME": "flights", "USER": "air@ship",
+                  "PASSWORD": "p:ss", "HOST": "db.example", "PORT": "6543"}
