@@ -1,0 +1,462 @@
+"""services.yaml -> model: good configs load with the right values, broken ones fail
+with the exact line and a message that says what to do."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from deploytools import config
+from deploytools.config import Gate, Health, load, parse, reference_markdown
+from deploytools.errors import ConfigError, UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str, name: str = "services.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+FULL = """\
+ssh:
+  known_hosts: keys/known_hosts
+  identity_file: ~/.ssh/deploy
+  connect_timeout: 7
+hosts:
+  web-0: {address: 10.0.0.10, user: deploy}
+  web-1: {address: web-1.example.com, port: 2222, identity_file: /keys/web1}
+  demo: {local: true, root: .demo/srv}
+roles:
+  web: [web-1, web-0]
+defaults:
+  root: /opt/apps
+  rollout: [1, "100%"]
+  parallel: 3
+  health: {timeout: 9}
+  gate: {bake: 60, on_inconclusive: proceed}
+services:
+  airship:
+    kind: django
+    repo: git@git.example.com:ops/airship.git
+    role: web
+    app: airship.wsgi:application
+    port: 8000
+    env:
+      DJANGO_SETTINGS_MODULE: airship.settings
+      LEADING_ZERO: 010
+      DEBUG: yes
+      VERSION: 1.10
+      EMPTY: ""
+    health: {path: /ready, expect_status: 2xx}
+    gate: {bake: 45, min_requests: 50}
+  worker:
+    kind: command
+    repo: ../repos/worker.git
+    hosts: [demo, web-0]
+    command: bin/worker --port 9000
+    build: make
+    port: 9000
+    bind: 0.0.0.0:9000
+    requirements: null
+    reload_signal: restart
+    root: /srv
+    keep_releases: 2
+"""
+
+
+def test_full_config_values_and_defaults(tmp_path):
+    cfg = load(write(tmp_path, FULL))
+    home = os.path.expanduser("~")
+
+    assert cfg.ssh == config.Ssh(known_hosts=str(tmp_path / "keys/known_hosts"),
+                                 identity_file=f"{home}/.ssh/deploy", connect_timeout=7)
+    assert list(cfg.hosts) == ["web-0", "web-1", "demo"]
+    assert cfg.hosts["web-0"] == config.Host("web-0", "10.0.0.10", 22, "deploy", False, None,
+                                             f"{home}/.ssh/deploy")
+    assert cfg.hosts["web-1"].port == 2222
+    assert cfg.hosts["web-1"].identity_file == "/keys/web1"
+    demo = cfg.hosts["demo"]
+    assert (demo.address, demo.local, demo.root) == ("127.0.0.1", True, str(tmp_path / ".demo/srv"))
+    assert cfg.roles == {"web": ("web-1", "web-0")}
+
+    a = cfg.service("airship")
+    assert a.hosts == ("web-1", "web-0") and a.role == "web"
+    assert (a.kind, a.repo, a.app, a.port, a.bind) == (
+        "django", "git@git.example.com:ops/airship.git", "airship.wsgi:application", 8000, None)
+    assert (a.branch, a.production_branch, a.tag_prefix) == ("master", "production", "production-")
+    assert (a.requirements, a.workers, a.graceful_timeout, a.reload_signal) == (
+        "requirements.txt", 2, 30, "HUP")
+    assert (a.migrate, a.collectstatic, a.command, a.build) == (True, True, None, None)
+    # Scalars in env are kept exactly as written.
+    assert dict(a.env) == {"DJANGO_SETTINGS_MODULE": "airship.settings", "LEADING_ZERO": "010",
+                           "DEBUG": "yes", "VERSION": "1.10", "EMPTY": ""}
+    # defaults.health / defaults.gate merge key by key with the service's own.
+    assert a.health == Health(path="/ready", timeout=9.0, interval=0.5, expect_status="2xx")
+    assert a.health.accepts(204) and not a.health.accepts(301)
+    assert (a.gate.bake, a.gate.min_requests, a.gate.on_inconclusive, a.gate.warmup) == (
+        45.0, 50, "proceed", 5.0)
+    assert (a.root, a.keep_releases, a.rollout, a.python, a.pip_args, a.parallel) == (
+        "/opt/apps", 5, (1, "100%"), "python3", "", 3)
+    assert a.dir_on(cfg.hosts["web-0"]) == "/opt/apps/airship"
+    assert a.bind_on(cfg.hosts["web-0"]) == "10.0.0.10:8000"
+
+    w = cfg.service("worker")
+    assert w.hosts == ("demo", "web-0") and w.role is None
+    assert w.repo == os.path.normpath(tmp_path / "../repos/worker.git")
+    assert (w.command, w.build, w.app, w.bind, w.requirements) == (
+        "bin/worker --port 9000", "make", None, "0.0.0.0:9000", None)
+    assert (w.migrate, w.collectstatic, w.reload_signal, w.keep_releases) == (
+        False, False, "restart", 2)
+    assert w.gate == Gate(5.0, 60.0, 0.05, 1.5, 0.001, 0.01, 0.001, 0.99, 0.95, 100, 2,
+                          "proceed", 0.2)
+    assert w.health == Health("/healthz", 9.0, 0.5, 200)
+    assert w.dir_on(demo) == str(tmp_path / ".demo/srv/worker")  # the host's root wins
+    assert w.dir_on(cfg.hosts["web-0"]) == "/srv/worker"
+
+
+def test_model_is_immutable(tmp_path):
+    cfg = load(write(tmp_path, FULL))
+    svc = cfg.service("airship")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        svc.port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        svc.env["X"] = "1"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg.services["x"] = svc  # type: ignore[index]
+    hash(cfg)
+
+
+MINIMAL = """\
+hosts:
+  web-0: {local: true}
+services:
+  skiff: {kind: flask, repo: /r.git, hosts: [web-0], app: skiff.app:app, port: 8001}
+"""
+
+
+def test_minimal_config_defaults(tmp_path):
+    cfg = load(write(tmp_path, MINIMAL))
+    host = cfg.hosts["web-0"]
+    assert (host.address, host.port, host.user, host.root, host.identity_file) == (
+        "127.0.0.1", 22, None, None, None)
+    assert cfg.ssh == config.Ssh(os.path.expanduser("~/.ssh/known_hosts"), None, 10)
+    assert cfg.roles == {}
+    s = cfg.service("skiff")
+    assert (s.migrate, s.collectstatic, s.root, s.rollout, s.env) == (
+        False, False, "/srv", (1, "50%", "100%"), {})
+    assert s.health == Health("/healthz", 5.0, 0.5, 200)
+    assert s.gate == Gate(5.0, 30.0, 0.05, 1.5, 0.001, 0.01, 0.001, 0.99, 0.95, 100, 2,
+                          "rollback", 0.2)
+    assert s.dir_on(host) == "/srv/skiff"
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    cfg = load(write(tmp_path, """\
+        hosts:
+          web-0: &h {local: true, port: 22}
+          web-1: {<<: *h, address: 127.0.0.2}
+        services:
+          skiff: {kind: flask, repo: /r.git, hosts: [web-0, web-1], app: a:b, port: 8001}
+        """))
+    assert cfg.hosts["web-1"].address == "127.0.0.2" and cfg.hosts["web-1"].local
+
+
+def test_sample_services_yaml_loads():
+    cfg = load(ROOT / "services.yaml")
+    assert list(cfg.hosts) == ["web-0", "web-1", "web-2"]
+    for i, host in enumerate(cfg.hosts.values()):
+        assert host.local and host.address == f"127.0.0.{11 + i}"
+        assert host.root == str(ROOT / f".demo/web-{i}/srv")
+    assert cfg.roles == {"web": ("web-0", "web-1", "web-2")}
+    airship, skiff = cfg.service("airship"), cfg.service("skiff")
+    assert (airship.kind, airship.app, airship.port, airship.hosts) == (
+        "django", "airship.wsgi:application", 8000, ("web-0", "web-1", "web-2"))
+    assert airship.repo == str(ROOT / ".demo/origin/airship.git")
+    assert dict(airship.env) == {"DJANGO_SETTINGS_MODULE": "airship.settings"}
+    assert airship.health.path == "/healthz"
+    assert (skiff.kind, skiff.app, skiff.port, skiff.repo) == (
+        "flask", "skiff.app:app", 8001, str(ROOT / ".demo/origin/skiff.git"))
+    assert airship.dir_on(cfg.hosts["web-1"]) == str(ROOT / ".demo/web-1/srv/airship")
+
+
+def test_reference_doc_is_generated_from_the_declarations():
+    text = reference_markdown()
+    for section in (config.TOP, config.SSH, config.HOST, config.SERVICE, config.HEALTH,
+                    config.GATE):
+        for name in section:
+            assert f"| `{name}` |" in text
+    assert (ROOT / "docs/services-reference.md").read_text() == text, \
+        "regenerate: python -m deploytools.config --reference > docs/services-reference.md"
+
+
+# --------------------------------------------------------------------------- broken configs
+
+HOSTS = """\
+hosts:
+  web-0: {address: 10.0.0.10}
+  web-1: {address: 10.0.0.11}
+roles:
+  web: [web-0, web-1]
+"""  # 5 lines: services start on line 6
+
+
+def svc(body: str, head: str = HOSTS) -> str:
+    """HOSTS, then `services: airship:` (lines 6-7), then `body` from line 8."""
+    return head + "services:\n  airship:\n" + textwrap.indent(textwrap.dedent(body), "    ")
+
+
+GOOD = """\
+kind: django
+repo: git@example.com:airship.git
+role: web
+app: airship.wsgi:application
+port: 8000
+"""
+
+# (id, yaml, expected line, fragment of the message)
+BROKEN = [
+    ("yaml-syntax", "hosts:\n  web-0:\n    address: 10.0.0.10\n   port: 22\n", 4,
+     "invalid YAML, column 4"),
+    ("yaml-unclosed-flow", "hosts:\n  web-0: {address: 10.0.0.10\nservices: {}\n", 3,
+     "while parsing a flow mapping at line 2"),
+    ("yaml-tab", "hosts:\n\tweb-0: {}\n", 2, "'\\t' that cannot start any token"),
+    ("yaml-python-tag", "hosts: !!python/object/apply:os.system [ls]\n", 1, "no tags"),
+    ("empty-file", "", None, "the file is empty"),
+    ("only-comments", "# nothing yet\n", None, "the file is empty"),
+    ("top-level-list", "- hosts\n- services\n", 1, "the top level must be a mapping"),
+    ("unknown-top-level", HOSTS + "servces:\n  airship: {}\n", 6,
+     "top level: unknown key 'servces'. Did you mean 'services'?"),
+    ("no-services", HOSTS, None, "no services: section"),
+    ("duplicate-top-level", HOSTS + "hosts: {}\n", 6,
+     "top level: duplicate key 'hosts' (first on line 1)"),
+    ("duplicate-service-key", svc(GOOD + "workers: 3\nport: 8001\n"), 14,
+     "services.airship: duplicate key 'port' (first on line 12)"),
+    ("duplicate-env-key", svc(GOOD + "env:\n  A: 1\n  B: 2\n  A: 3\n"), 16,
+     "services.airship.env: duplicate key 'A' (first on line 14)"),
+    ("unknown-service-key", svc(GOOD + "prot: 8001\n"), 13,
+     "services.airship: unknown key 'prot'. Did you mean 'port'?"),
+    ("gate-key-in-service", svc(GOOD + "bake: 60\n"), 13, "'bake' belongs in the gate: mapping"),
+    ("unknown-health-key", svc(GOOD + "health:\n  path: /h\n  timout: 3\n"), 15,
+     "services.airship.health: unknown key 'timout'. Did you mean 'timeout'?"),
+    ("port-not-int", svc(GOOD.replace("port: 8000", "port: eighty")), 12,
+     "services.airship.port: expected an integer from 1 to 65535, got 'eighty'."),
+    ("port-quoted", svc(GOOD.replace("port: 8000", 'port: "8000"')), 12,
+     "got '8000'; write the number without quotes"),
+    ("port-out-of-range", svc(GOOD.replace("port: 8000", "port: 70000")), 12,
+     "services.airship.port: expected an integer from 1 to 65535, got 70000."),
+    ("workers-bool", svc(GOOD + "workers: true\n"), 13,
+     "services.airship.workers: expected an integer >= 1, got true."),
+    ("keep-releases-too-few", svc(GOOD + "keep_releases: 1\n"), 13,
+     "expected an integer >= 2, got 1"),
+    ("kind-unknown", svc(GOOD.replace("kind: django", "kind: rails")), 8,
+     "expected one of django, flask, wsgi, command, got 'rails'"),
+    ("missing-repo", svc(GOOD.replace("repo: git@example.com:airship.git\n", "")), 7,
+     "services.airship: missing required key 'repo'"),
+    ("repo-bad-scheme", svc(GOOD.replace("git@example.com:airship.git", "ftp://x/a.git")), 9,
+     "expected a git URL"),
+    ("repo-option-injection", svc(GOOD.replace("git@example.com:airship.git", "--upload-pack=x")),
+     9, "expected a git URL or a path, got '--upload-pack=x'"),
+    ("app-bad", svc(GOOD.replace("airship.wsgi:application", "airship.wsgi")), 11,
+     "expected a module:callable reference"),
+    ("app-missing", svc(GOOD.replace("app: airship.wsgi:application\n", "")), 7,
+     "missing 'app', the WSGI application of a django service"),
+    ("command-on-django", svc(GOOD + "command: ./run\n"), 13,
+     "services.airship.command: not allowed for kind django"),
+    ("build-on-flask", svc(GOOD.replace("django", "flask") + "build: make\n"), 13,
+     "services.airship.build: not allowed for kind flask"),
+    ("command-kind-without-command",
+     svc(GOOD.replace("django", "command").replace("app: airship.wsgi:application\n", "")), 7,
+     "missing 'command'"),
+    ("app-on-command-kind", svc(GOOD.replace("django", "command") + "command: ./run\n"), 11,
+     "services.airship.app: not allowed for kind command"),
+    ("migrate-on-flask", svc(GOOD.replace("django", "flask") + "migrate: true\n"), 13,
+     "only django services can migrate"),
+    ("role-and-hosts", svc(GOOD + "hosts: [web-0]\n"), 13, "has both 'role' and 'hosts'"),
+    ("neither-role-nor-hosts", svc(GOOD.replace("role: web\n", "")), 7, "no 'role' or 'hosts'"),
+    ("unknown-role", svc(GOOD.replace("role: web", "role: wbe")), 10,
+     "services.airship.role: unknown role 'wbe'; roles: web. Did you mean 'web'?"),
+    ("unknown-host-in-hosts", svc(GOOD.replace("role: web", "hosts:\n  - web-0\n  - web-9")), 12,
+     "services.airship.hosts: unknown host 'web-9'"),
+    ("host-listed-twice", svc(GOOD.replace("role: web", "hosts: [web-0, web-0]")), 10,
+     "'web-0' is listed twice"),
+    ("service-name-shell", svc(GOOD).replace("  airship:", "  'air;ship $(rm)':"), 7,
+     "invalid service name 'air;ship $(rm)': service names use lowercase letters"),
+    ("service-name-space", svc(GOOD).replace("  airship:", "  air ship:"), 7,
+     "invalid service name 'air ship'"),
+    ("service-not-mapping", HOSTS + "services:\n  airship: django\n", 7,
+     "services.airship: expected a mapping of service settings, got 'django'"),
+    ("service-null", HOSTS + "services:\n  airship:\n", 7, "got nothing"),
+    ("rollout-bad-item", svc(GOOD + "rollout:\n  - 1\n  - 150%\n  - 100%\n"), 15,
+     "services.airship.rollout[1]: expected a percentage above 0% and at most 100%, got '150%'"),
+    ("rollout-zero", svc(GOOD + "rollout: [0, '100%']\n"), 13,
+     "expected a positive number of hosts, got 0"),
+    ("rollout-word", svc(GOOD + "rollout: [1, half]\n"), 13,
+     "expected a number of hosts or a percentage like \"50%\", got 'half'"),
+    ("env-non-scalar", svc(GOOD + "env:\n  A: ok\n  B: [1, 2]\n"), 15,
+     "services.airship.env.B: expected a string, got a list"),
+    ("env-null", svc(GOOD + "env:\n  A:\n"), 14, "write \"\" for an empty string"),
+    ("env-bad-name", svc(GOOD + "env:\n  1BAD: x\n"), 14, "'1BAD' is not a valid environment"),
+    ("health-path", svc(GOOD + "health: {path: healthz}\n"), 13,
+     "services.airship.health.path: expected a URL path starting with /, got 'healthz'"),
+    ("gate-choice", svc(GOOD + "gate:\n  on_inconclusive: maybe\n"), 14,
+     "expected one of rollback, proceed, got 'maybe'"),
+    ("gate-rate", svc(GOOD + "gate:\n  alpha_final: 2\n"), 14,
+     "services.airship.gate.alpha_final: expected a number between 0 and 1"),
+    ("bind-port-differs", svc(GOOD + "bind: 0.0.0.0:9000\n"), 13,
+     "the port of '0.0.0.0:9000' must be the service's port 8000"),
+    ("bind-malformed", svc(GOOD + "bind: localhost\n"), 13, "expected ADDRESS:PORT"),
+    ("root-relative", svc(GOOD + "root: srv\n"), 13, "expected an absolute path, got 'srv'"),
+    ("defaults-not-defaultable",
+     HOSTS + "defaults:\n  root: /srv\n  port: 8000\n" + svc(GOOD, head=""), 8,
+     "defaults: unknown key 'port'. 'port' cannot be set under defaults"),
+    ("defaults-bad-value", HOSTS + "defaults:\n  parallel: 0\n" + svc(GOOD, head=""), 7,
+     "defaults.parallel: expected an integer >= 1, got 0"),
+    ("defaults-health-nested", HOSTS + "defaults:\n  health:\n    timeout: -1\n"
+     + svc(GOOD, head=""), 8, "defaults.health.timeout: expected a number > 0, got -1"),
+    ("port-conflict", svc(GOOD) + "  skiff:\n    kind: flask\n    repo: /s.git\n"
+     "    hosts: [web-1]\n    app: s:app\n    port: 8000\n", 18,
+     "services.skiff.port: port 8000 is already used by service 'airship' on host 'web-1'"),
+    ("port-conflict-local-hosts", "hosts:\n  w: {local: true}\n  v: {local: true}\nservices:\n"
+     "  a: {kind: flask, repo: /r, hosts: [w, v], app: a:b, port: 80}\n", 5,
+     "local hosts 'w' and 'v' share the address 127.0.0.1"),
+    ("unknown-host-in-role", "hosts:\n  web-0: {address: a}\nroles:\n  web:\n    - web-0\n"
+     "    - web-9\n", 6, "roles.web: unknown host 'web-9'; declared hosts: web-0"),
+    ("role-empty", "hosts:\n  web-0: {address: a}\nroles:\n  web: []\n", 4, "lists no hosts"),
+    ("role-named-like-host", "hosts:\n  web-0: {address: a}\nroles:\n  web-0: [web-0]\n", 4,
+     "'web-0' is the name of a host too"),
+    ("host-without-address", "hosts:\n  web-0: {port: 22}\n", 2,
+     "hosts.web-0: no address. Give its hostname or IP address"),
+    ("host-bad-name", "hosts:\n  web_0!: {address: a}\n", 2, "invalid host name 'web_0!'"),
+    ("host-unknown-key", "hosts:\n  web-0:\n    adress: a\n", 3,
+     "hosts.web-0: unknown key 'adress'. Did you mean 'address'?"),
+    ("host-local-not-bool", "hosts:\n  web-0: {local: 'true'}\n", 2,
+     "hosts.web-0.local: expected true or false, got 'true'; write true or false without quotes"),
+    ("remote-host-relative-root", "hosts:\n  web-0:\n    address: a\n    root: srv\n", 4,
+     "expected an absolute path on a remote host"),
+    ("ssh-timeout", "ssh:\n  connect_timeout: soon\n", 2,
+     "ssh.connect_timeout: expected an integer >= 1, got 'soon'"),
+    ("key-not-a-name", "hosts:\n  ? [a, b]\n  : {}\n", 2, "a key must be a plain name"),
+]
+
+
+@pytest.mark.parametrize("text,line,fragment", [c[1:] for c in BROKEN],
+                         ids=[c[0] for c in BROKEN])
+def test_broken_config(tmp_path, text, line, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    err = info.value
+    assert err.line == line, str(err)
+    assert fragment in err.message, str(err)
+    assert err.path == str(path)
+    assert "\n" not in str(err)  # one paragraph
+    assert str(err).startswith(f"{path}:{line}: " if line else f"{path}: ")
+
+
+def test_the_good_service_of_the_broken_cases_loads(tmp_path):
+    # Guards the table: each broken case breaks exactly what it says.
+    assert load(write(tmp_path, svc(GOOD))).service("airship").hosts == ("web-0", "web-1")
+
+
+def test_local_host_needs_no_address(tmp_path):
+    cfg = load(write(tmp_path, "hosts:\n  web-0: {local: true}\n"
+                               "services:\n  s: {kind: wsgi, repo: /r, hosts: [web-0], "
+                               "app: m:app, port: 80}\n"))
+    assert cfg.hosts["web-0"].address == "127.0.0.1"
+
+
+def test_message_format(tmp_path):
+    path = write(tmp_path, svc(GOOD.replace("port: 8000", "port: eighty")))
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == (f"{path}:12: services.airship.port: expected an integer "
+                               "from 1 to 65535, got 'eighty'.")
+
+
+# --------------------------------------------------------------------------- finding the file
+
+def test_missing_file_says_how_to_point_at_one(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "nope.yaml")
+    assert info.value.path == str(tmp_path / "nope.yaml")
+    assert "no such file" in info.value.message and "DEPLOYTOOLS_CONFIG=" in info.value.message
+
+
+def test_path_from_environment_then_cwd(tmp_path, monkeypatch):
+    write(tmp_path, MINIMAL, name="fleet.yaml")
+    monkeypatch.setenv("DEPLOYTOOLS_CONFIG", str(tmp_path / "fleet.yaml"))
+    assert list(load().services) == ["skiff"]
+    monkeypatch.delenv("DEPLOYTOOLS_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load()
+    assert info.value.path == "services.yaml"
+    write(tmp_path, MINIMAL)
+    assert load().path == "services.yaml"
+
+
+# --------------------------------------------------------------------------- lookups
+
+@pytest.fixture
+def fleet():
+    return parse(textwrap.dedent("""\
+        hosts:
+          web-0: {local: true, address: 127.0.0.11}
+          web-1: {local: true, address: 127.0.0.12}
+          web-2: {local: true, address: 127.0.0.13}
+          db-0: {local: true, address: 127.0.0.14}
+        roles:
+          web: [web-0, web-1, web-2]
+          db: [db-0]
+        services:
+          airship: {kind: django, repo: /a.git, role: web, app: a.wsgi:application, port: 8000}
+          skiff: {kind: flask, repo: /s.git, role: web, app: s:app, port: 8001}
+        """), base_dir="/tmp")
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("web-1", ["web-1"]),
+    ("web", ["web-0", "web-1", "web-2"]),
+    ("web-2,web", ["web-2", "web-0", "web-1"]),
+    ("db;web-0", ["db-0", "web-0"]),
+    (" web-0 , web-0 ;", ["web-0"]),
+    (["web-1", "db,web-1"], ["web-1", "db-0"]),
+])
+def test_select_hosts(fleet, spec, expected):
+    assert fleet.select_hosts(spec) == expected
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("web-9", "unknown host or role 'web-9' (hosts: web-0, web-1, web-2, db-0; roles: web, db)."),
+    ("web,wbe", "unknown host or role 'wbe'"),
+    ("wbe", "Did you mean 'web'?"),
+    ("web-0;$(reboot)", "unknown host or role '$(reboot)'"),
+    ("", "no host or role given"),
+    (" ,; ", "no host or role given"),
+])
+def test_select_hosts_errors(fleet, spec, fragment):
+    with pytest.raises(UsageError) as info:
+        fleet.select_hosts(spec)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("dinghy", "unknown service 'dinghy' (services.yaml defines: airship, skiff)."),
+    ("skif", "Did you mean 'skiff'?"),
+    ("a;rm -rf /", "invalid service name 'a;rm -rf /': service names use lowercase letters"),
+    ("Airship", "invalid service name 'Airship'"),
+    ("", "invalid service name ''"),
+])
+def test_service_errors(fleet, name, fragment):
+    with pytest.raises(UsageError) as info:
+        fleet.service(name)
+    assert fragment in str(info.value)
+
+
+def test_service_found(fleet):
+    assert fleet.service("skiff").app == "s:app"
