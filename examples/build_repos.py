@@ -5,15 +5,17 @@
 For each sample NAME this creates a bare origin DEST/origin/NAME.git and a
 working clone DEST/work/NAME. The tree in examples/NAME/ is commit v1; the
 later commits are small edits described in SAMPLES below. Every commit on
-master bumps VERSION in NAME/version.py ("1", "2", ...), so `GET /` tells
-them apart; the branches sit one commit on top of v2 and differ from it by
-exactly their change (VERSION stays "2"). Master labels are also pushed as
+master bumps VERSION ("1", "2", ...; in NAME/version.py, or for harbor the
+constant in src/harbor/Main.java), so `GET /` tells them apart; the branches
+sit one commit on top of v2 and differ from it by exactly their change
+(VERSION stays "2"). Master labels are also pushed as
 tags (v1, v2, ...), so each stays reachable in origin and in every clone
 even after `push()` moves master.
 
   airship (Django)  master v1..v5 (== v5); branches broken-import, errors-20, fails-on-others
   skiff (Flask)     master v1..v3 (== v3); branches broken-import, errors-20
   dory (WSGI)       master v1..v3 (== v3); branches broken-import, errors-20
+  harbor (Java 17)  master v1..v3 (== v3); branches errors-20, broken-build, fails-to-start
 
   v2               code only (`/` also reports the Python version)
   v3               new requirement `six`, imported by the app (dory: a second code change)
@@ -22,6 +24,15 @@ even after `push()` moves master.
   broken-import    imports a missing module: the app cannot load, `gunicorn --check-config` fails
   errors-20        every 5th request to `/` in each process answers 500; /healthz stays 200
   fails-on-others  `/` answers 500 unless the short hostname is web-0; /healthz stays 200
+
+harbor is a JDK-only HTTP server (no Maven/Gradle): stage it with `sh build.sh`
+(javac + jar into build/harbor.jar), run it with `java -jar build/harbor.jar`
+from the release directory; env HOST (default 127.0.0.1) and PORT (default 8080).
+
+  harbor v2        code only (`/` also reports the Java version)
+  harbor v3        build.sh only (javac -Xlint:all), plus the VERSION bump: build inputs changed
+  broken-build     Main.java imports a package that does not exist: `sh build.sh` fails
+  fails-to-start   builds, but `java -jar build/harbor.jar` exits with status 1 at startup
 
 Identity and dates are fixed and global/system git config is ignored, so
 the shas are the same on every build.
@@ -45,7 +56,7 @@ EXAMPLES = Path(__file__).resolve().parent
 MASTER = "master"
 IDENTITY = {"name": "deploytools samples", "email": "samples@deploytools.invalid"}
 EPOCH = 1_700_000_000  # commit n is dated EPOCH + 60 * n
-COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "staticfiles", "REVISION", "*.sqlite3")
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "staticfiles", "REVISION", "*.sqlite3", "build")
 
 
 def git_env(when: Optional[int] = None) -> dict[str, str]:
@@ -91,6 +102,7 @@ class Sub:
 
 
 Edit = Union[str, bytes, Sub, None]  # new content, an edit, or None to delete
+PY_VERSION_LINE = r'^VERSION = "(.*)"$'
 
 
 @dataclass
@@ -106,6 +118,12 @@ class Sample:
     master: list[Step]  # first step is the tree in examples/NAME as it is
     branches: list[Step]  # each one commit on top of `base`
     base: str = "v2"
+    version_file: str = ""  # relpath of the file holding VERSION; "" means NAME/version.py
+    version_line: str = PY_VERSION_LINE  # regex (re.M) whose group 1 is the version
+
+    @property
+    def version_path(self) -> str:
+        return self.version_file or f"{self.name}/version.py"
 
 
 def add_python_key(module: str, pid: str, python: str) -> dict[str, Sub]:
@@ -212,7 +230,52 @@ DORY = Sample("dory", master=[
         "dory/wsgi.py", "def index():\n", '"500 Internal Server Error", "text/plain", "simulated failure"')),
 ])
 
-SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY)}
+HARBOR_MAIN = "src/harbor/Main.java"
+
+HARBOR = Sample("harbor", version_file=HARBOR_MAIN,
+                version_line=r'^    static final String VERSION = "(.*)";$', master=[
+    Step("v1", "harbor: JDK-only Java HTTP server with /healthz, / and /version, built by build.sh"),
+    Step("v2", "harbor: report the Java version on /", {HARBOR_MAIN: Sub((
+        '                + ", \\"pid\\": " + ProcessHandle.current().pid()\n',
+        '                + ", \\"pid\\": " + ProcessHandle.current().pid()\n'
+        '                + ", \\"java\\": " + json(System.getProperty("java.version"))\n'))}),
+    # Only the build changes (plus the VERSION bump): a deploy has to rebuild, not just restart.
+    Step("v3", "harbor: compile with -Xlint:all so warnings show up in the staging log", {
+        "build.sh": Sub(('"$JAVAC" --release 17', '"$JAVAC" -Xlint:all --release 17')),
+    }),
+], branches=[
+    Step("errors-20", "harbor: fail every 5th request to /", {HARBOR_MAIN: Sub(
+        ("import java.util.concurrent.Executors;\n",
+         "import java.util.concurrent.Executors;\nimport java.util.concurrent.atomic.AtomicLong;\n"),
+        ("    private Main() {\n",
+         "    private static final AtomicLong REQUESTS = new AtomicLong(); // requests to /, per process\n\n"
+         "    private Main() {\n"),
+        ('            } else if (path.equals("/")) {\n',
+         '            } else if (path.equals("/") && REQUESTS.incrementAndGet() % 5 == 0) {\n'
+         "                // errors-20: every 5th request to / fails\n"
+         '                log("simulated failure: every 5th request to / fails");\n'
+         "                status = 500;\n"
+         '                body = "simulated failure";\n'
+         '            } else if (path.equals("/")) {\n'),
+    )}),
+    Step("broken-build", "harbor: import a package that does not exist, so the build fails", {HARBOR_MAIN: Sub((
+        "import java.util.concurrent.Executors;\n",
+        "import java.util.concurrent.Executors;\n"
+        "import does.not.Exist; // broken-build: this release does not compile\n"))}),
+    Step("fails-to-start", "harbor: exit with status 1 at startup", {HARBOR_MAIN: Sub(
+        ('        int port = Integer.parseInt(env("PORT", "8080"));\n',
+         '        int port = Integer.parseInt(env("PORT", "8080"));\n'
+         "        startupCheck();\n"),
+        ("    private static void handle(",
+         "    /** fails-to-start: a startup check that never passes, so `java -jar` exits with status 1. */\n"
+         "    private static void startupCheck() {\n"
+         '        throw new IllegalStateException("fails-to-start: startup check failed, refusing to serve");\n'
+         "    }\n\n"
+         "    private static void handle("),
+    )}),
+])
+
+SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY, HARBOR)}
 
 
 # --- the repositories ---------------------------------------------------------
@@ -310,10 +373,10 @@ def build_one(sample: Sample, dest: Path) -> SampleRepo:
     repo = SampleRepo(sample.name, origin, work, {})
 
     def commit(step: Step, version: Optional[str]) -> None:
-        edits = dict(step.edits)
-        if version is not None:
-            edits[f"{sample.name}/version.py"] = _set_version(work / sample.name / "version.py", version)
-        _write(work, edits)
+        _write(work, step.edits)
+        if version is not None:  # after the edits: a step may edit the file that holds VERSION
+            path = sample.version_path
+            _write(work, {path: _set_version(work / path, version, sample.version_line)})
         git(work, "add", "--all")
         repo._clock += 1
         git(work, "commit", "--quiet", "-m", step.message, when=EPOCH + 60 * repo._clock)
@@ -331,11 +394,14 @@ def build_one(sample: Sample, dest: Path) -> SampleRepo:
     return repo
 
 
-def _set_version(path: Path, version: str) -> str:
-    text, count = re.subn(r'^VERSION = ".*"$', f'VERSION = "{version}"', path.read_text(), flags=re.M)
-    if count != 1:
-        raise ValueError(f"{path}: no VERSION line")
-    return text
+def _set_version(path: Path, version: str, line: str = PY_VERSION_LINE) -> str:
+    """The text of `path` with group 1 of its one `line` match replaced by `version`."""
+    text = path.read_text()
+    matches = list(re.finditer(line, text, flags=re.M))
+    if len(matches) != 1:
+        raise ValueError(f"{path}: expected exactly one VERSION line matching {line!r}")
+    match = matches[0]
+    return text[:match.start(1)] + version + text[match.end(1):]
 
 
 def build(dest: Path, names: Optional[list[str]] = None) -> dict[str, SampleRepo]:

@@ -7,10 +7,14 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
@@ -22,9 +26,10 @@ LABELS = {
     "airship": {"v1", "v2", "v3", "v4", "v5", "broken-import", "errors-20", "fails-on-others"},
     "skiff": {"v1", "v2", "v3", "broken-import", "errors-20"},
     "dory": {"v1", "v2", "v3", "broken-import", "errors-20"},
+    "harbor": {"v1", "v2", "v3", "errors-20", "broken-build", "fails-to-start"},
 }
-TIP = {"airship": "v5", "skiff": "v3", "dory": "v3"}
-BRANCHES = {"broken-import", "errors-20", "fails-on-others"}
+TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3"}
+BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fails-to-start"}
 
 
 def _load_builder():
@@ -60,6 +65,17 @@ def show(repo, label: str, path: str) -> str:
     return git(repo.work, "show", f"{repo.commits[label]}:{path}")
 
 
+def version_file(name: str) -> str:
+    """Where the sample keeps VERSION (NAME/version.py, or harbor's Main.java)."""
+    return build_repos.SAMPLES[name].version_path
+
+
+def diff_lines(repo, a: str, b: str, path: str) -> list[str]:
+    """The +/- lines of `path` between two labels."""
+    out = git(repo.work, "diff", repo.commits[a], repo.commits[b], "--", path)
+    return [l for l in out.splitlines() if l[:1] in "+-" and l[:3] not in ("+++", "---")]
+
+
 # --- the commit graph ---------------------------------------------------------
 
 def test_labels_and_refs(repos):
@@ -84,7 +100,7 @@ def test_master_is_linear_and_versions_count_up(repos):
         for n, label in enumerate(masters, start=1):
             parent = git(repo.work, "rev-parse", f"{repo.commits[label]}^") if n > 1 else None
             assert parent == (repo.commits[f"v{n - 1}"] if n > 1 else None)
-            assert f'VERSION = "{n}"' in show(repo, label, f"{name}/version.py")
+            assert f'VERSION = "{n}"' in show(repo, label, version_file(name))
         assert git(repo.work, "rev-list", "--count", repo.commits[masters[-1]]) == str(len(masters))
 
 
@@ -92,13 +108,15 @@ def test_branches_are_one_change_on_top_of_v2(repos):
     for name, repo in repos.items():
         for label in BRANCHES & set(repo.commits):
             assert git(repo.work, "rev-parse", f"{repo.commits[label]}^") == repo.commits["v2"]
-            assert f'VERSION = "2"' in show(repo, label, f"{name}/version.py")
+            assert f'VERSION = "2"' in show(repo, label, version_file(name))
     airship = repos["airship"]
     assert changed(airship, "v2", "broken-import") == {"airship/urls.py": "M"}
     assert changed(airship, "v2", "errors-20") == {"airship/views.py": "M"}
     assert changed(airship, "v2", "fails-on-others") == {"airship/views.py": "M"}
     assert changed(repos["skiff"], "v2", "errors-20") == {"skiff/app.py": "M"}
     assert changed(repos["dory"], "v2", "broken-import") == {"dory/wsgi.py": "M"}
+    for label in ("errors-20", "broken-build", "fails-to-start"):
+        assert changed(repos["harbor"], "v2", label) == {"src/harbor/Main.java": "M"}
 
 
 def test_airship_history(repos):
@@ -133,6 +151,9 @@ def test_skiff_and_dory_history(repos):
 def test_only_prebuilt_requirements_in_any_commit(repos):
     for repo in repos.values():
         for sha in git(repo.origin, "rev-list", "--all").split():
+            if "requirements.txt" not in git(repo.origin, "ls-tree", "--name-only", sha).splitlines():
+                assert repo.name == "harbor"  # the Java sample has no Python requirements
+                continue
             for line in git(repo.origin, "show", f"{sha}:requirements.txt").splitlines():
                 if line.strip() and not line.startswith("#"):
                     name = re.match(r"[A-Za-z0-9_.-]+(\[[^\]]*\])?", line).group(0)

@@ -1,0 +1,217 @@
+"""The `fab` program: fabric's Fab, plus the classic Fabric 1 syntax.
+
+    fab host:web-0 deploy:airship,ref=v2 restart:airship     # classic
+    fab -H web-0 deploy airship --ref v2 restart airship      # modern
+
+Both are rewritten to the same invoke task calls: `normalize_argv` pulls our
+global flags out of anywhere on the line and turns `-H x` into the `host`
+task; `parse_tasks` (once the fabfile is loaded) turns `task:a,k=v` into
+`task a --k=v`, and `smart_deploy` into invoke's dashed `smart-deploy`.
+Only `run` prints errors and picks the exit code.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+
+import invoke
+from fabric import Config as FabricConfig
+from fabric.main import Fab
+from invoke import Argument, Collection
+from invoke.exceptions import Exit, ParseError, UnexpectedExit
+
+from . import __version__
+from . import session as session_mod
+from .errors import DeployError, EXIT_USAGE
+
+_CLASSIC = re.compile(r"^(?P<task>[A-Za-z_][\w.-]*):(?P<args>.*)$")
+_TRUE = {"1", "true", "yes", "y", "on"}
+
+
+def split_classic_args(text: str) -> list[str]:
+    """`a,b\\,c,k=v` -> ['a', 'b,c', 'k=v'] (Fabric 1 escaping of commas)."""
+    out, cur, i = [], "", 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text) and text[i + 1] == ",":
+            cur += ","
+            i += 2
+            continue
+        if ch == ",":
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    out.append(cur)
+    return [a for a in out if a != ""]
+
+
+def extract_globals(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Split argv[1:] into (our global flags, host tokens from -H, the rest).
+
+    Our flags may appear anywhere (`fab smart_deploy:airship --json` is what a
+    CI job writes); invoke only accepts core flags before the first task.
+    """
+    flags, hosts, rest = [], [], []
+    with_value = {"--lock-wait", "--services"}
+    it = iter(argv)
+    for tok in it:
+        name = tok.split("=", 1)[0]
+        if tok in ("--json", "--debug", "-d"):
+            flags.append(tok)
+        elif name in with_value and name.startswith("--"):
+            flags.append(tok if "=" in tok else f"{tok}={next(it, '')}")
+        elif tok in ("-H", "--hosts"):
+            hosts += ["host", next(it, "")]
+        elif tok.startswith("--hosts="):
+            hosts += ["host", tok.split("=", 1)[1]]
+        elif tok.startswith("-H") and len(tok) > 2:
+            hosts += ["host", tok[2:]]
+        else:
+            rest.append(tok)
+    return flags, hosts, rest
+
+
+def rewrite_classic(tokens: list[str], collection: Collection) -> list[str]:
+    """Classic `task:arg,key=val` tokens -> modern invoke tokens, using the tasks' signatures."""
+    out: list[str] = []
+    for tok in tokens:
+        m = _CLASSIC.match(tok)
+        name = (m.group("task") if m else tok)
+        dashed = name.replace("_", "-")
+        task_name = name if name in collection.task_names else (
+            dashed if dashed in collection.task_names else None)
+        if task_name is None:
+            out.append(tok)
+            continue
+        out.append(task_name)
+        if not m:
+            continue
+        task = collection[task_name]
+        args = task.get_arguments()
+        by_name = {a.name.replace("-", "_"): a for a in args}
+        positional = [a for a in args if a.positional]
+        optional = [a for a in args if not a.positional]
+        values = split_classic_args(m.group("args"))
+        if task_name == "host":  # host:a;b and host:a,b both mean "these hosts"
+            out.append(",".join(values))
+            continue
+        pos_i = 0
+        for value in values:
+            key, eq, val = value.partition("=")
+            if eq and key.replace("-", "_") in by_name:
+                arg = by_name[key.replace("-", "_")]
+            else:
+                key, val = None, value
+                if pos_i < len(positional):
+                    out.append(val)
+                    pos_i += 1
+                    continue
+                if pos_i - len(positional) >= len(optional):
+                    raise ParseError(f"'{tok}' has more values than {task_name} takes")
+                arg = optional[pos_i - len(positional)]
+                pos_i += 1
+            if arg.kind is bool:
+                if val.lower() in _TRUE:
+                    out.append(f"--{arg.name}")
+            elif arg.positional:
+                out.append(val)
+            else:
+                out.append(f"--{arg.name}={val}")
+    return out
+
+
+class DeployProgram(Fab):
+    def __init__(self):
+        super().__init__(name="deploytools", binary="fab", binary_names=["fab", "deploytools"],
+                         version=__version__, executor_class=invoke.Executor,
+                         config_class=FabricConfig)
+        self._debug = False
+
+    def print_version(self):
+        print(f"deploytools {__version__}")
+        super().print_version()
+
+    def core_args(self):
+        return super().core_args() + [
+            Argument(names=("json",), kind=bool,
+                     help="Print one JSON event per line (for CI). Env: DEPLOYTOOLS_JSON=1."),
+            Argument(names=("services",), help="Path to services.yaml (default: ./services.yaml, "
+                                               "or $DEPLOYTOOLS_CONFIG)."),
+            Argument(names=("lock-wait",), kind=float, default=0.0,
+                     help="Seconds to wait for another deploy's lock before giving up."),
+        ]
+
+    def normalize_argv(self, argv):
+        super().normalize_argv(argv)
+        flags, hosts, rest = extract_globals(self.argv[1:])
+        self._debug = "--debug" in flags or "-d" in flags
+        self.argv = [self.argv[0]] + flags + hosts + rest
+
+    def parse_tasks(self):
+        self.core.unparsed = rewrite_classic(self.core.unparsed, self.collection)
+        super().parse_tasks()
+
+    def load_collection(self):
+        try:
+            super().load_collection()
+        except Exit:
+            # No fabfile/ above the working directory: use the one we ship.
+            import fabfile
+            self.collection = Collection.from_module(fabfile)
+
+    def execute(self):
+        json_mode = bool(self.args["json"].value) or os.environ.get("DEPLOYTOOLS_JSON") in _TRUE
+        session_mod.begin(config_path=self.args["services"].value or os.environ.get("DEPLOYTOOLS_CONFIG"),
+                          json_mode=json_mode, debug=self._debug,
+                          lock_wait=float(self.args["lock-wait"].value or 0))
+        super().execute()
+
+    def run(self, argv=None, exit=True):
+        try:
+            self.create_config()
+            self.parse_core(argv)
+            self.parse_collection()
+            self.parse_tasks()
+            self.parse_cleanup()
+            self.update_config()
+            self.execute()
+        except ParseError as e:
+            _fail(f"{e}. Run `fab --list` for the tasks and `fab --help TASK` for one task's "
+                  "arguments.", EXIT_USAGE)
+        except Exit as e:
+            if e.message:
+                print(e.message, file=sys.stderr)
+            sys.exit(e.code)
+        except UnexpectedExit as e:
+            _fail(str(e), 1)
+        except DeployError as e:
+            if self._debug:
+                traceback.print_exc()
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as e:  # a bug of ours: say so, keep the traceback for --debug
+            if self._debug:
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e}. Rerun with --debug for the "
+                  "traceback, and report it.", 1)
+
+
+def _fail(message: str, code: int):
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+program = DeployProgram()
+
+
+def main():
+    program.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""A host's releases/current/shared layout: stage, activate, inspect, prune.
+
+Every function returns one compound bash script (one round trip per step)
+and, where the output matters, a pure parser for it.
+
+    <dir>/repo/                       mirror of the service's git repo
+    <dir>/releases/<stamp>-<sha7>/    code at a commit + REVISION + .deploy/
+    <dir>/current -> releases/...     swapped atomically
+    <dir>/shared/  venvs/  etc/  bin/  run/ (0700)  log/  tools/
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import render, supervisor, venv
+from .script import q, write_file
+
+
+def release_name(commit: str, when: datetime | None = None) -> str:
+    when = when or datetime.now(timezone.utc)
+    return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{commit[:7]}"
+
+
+def layout_script(dir: str) -> str:
+    return (f"mkdir -p {q(dir)}/releases {q(dir)}/shared {q(dir)}/venvs {q(dir)}/etc/init.d "
+            f"{q(dir)}/etc/systemd {q(dir)}/log {q(dir)}/bin && mkdir -p {q(dir)}/run && "
+            f"chmod 0700 {q(dir)}/run\n")
+
+
+def service_files_script(service, host, dir: str, *, supervisord_next: bool) -> str:
+    """Write supervisord.conf (or .next, applied at activation), ctl, init.d, systemd."""
+    lines = []
+    for f in render.service_files(service, host, dir):
+        path = f"{dir}/{f.path}"
+        if supervisord_next and f.path == "etc/supervisord.conf":
+            path += ".next"
+        lines.append(write_file(path, f.content, f.mode))
+    return "\n".join(lines) + "\n"
+
+
+def setup_script(service, host, dir: str) -> str:
+    """Provision a service's environment on a host: idempotent."""
+    return (layout_script(dir) + venv.tools_script(service, dir)
+            + service_files_script(service, host, dir, supervisord_next=False)
+            + supervisor.ensure_running_script(dir))
+
+
+def mirror_script(service, dir: str, commit: str) -> str:
+    """Update the host's cached mirror ("update source checkouts") and make sure it has `commit`."""
+    repo = f"{dir}/repo"
+    return f"""
+if [ -d {q(repo)} ]; then
+  git -C {q(repo)} remote set-url origin {q(service.repo)}
+  git -C {q(repo)} fetch --quiet --prune origin
+else
+  rm -rf {q(repo)}.tmp
+  git clone --quiet --mirror {q(service.repo)} {q(repo)}.tmp
+  mv {q(repo)}.tmp {q(repo)}
+fi
+git -C {q(repo)} cat-file -e {q(commit + '^{commit}')} 2>/dev/null || \\
+  git -C {q(repo)} fetch --quiet origin {q(commit)} 2>/dev/null || \\
+  {{ echo "commit {commit[:12]} is not in {service.repo}: push it first" >&2; exit 1; }}
+"""
+
+
+def _in_release(rdir: str, command: str) -> str:
+    """Run `command` in the release directory with the release's environment."""
+    return (f"(cd {q(rdir)} && set -a && . .deploy/env && set +a && {command})")
+
+
+def stage_script(service, host, dir: str, release: str, commit: str, manifest: dict) -> str:
+    """Prepare a release next to the live one; never touches `current`.
+
+    On any failure the half-made release directory is removed.
+    """
+    rdir = f"{dir}/releases/{release}"
+    parts = [layout_script(dir), venv.tools_script(service, dir), mirror_script(service, dir, commit)]
+    parts.append(f"""
+R={q(rdir)}
+if [ -f "$R/.deploy/staged" ]; then
+  echo "@@release exists"
+else
+trap 'if [ ! -f "$R/.deploy/staged" ]; then rm -rf "$R"; fi' EXIT
+rm -rf "$R"; mkdir -p "$R/.deploy"
+git -C {q(dir)}/repo archive {q(commit)} | tar -x -C "$R"
+printf '%s\\n' {q(commit)} > "$R/REVISION"
+""")
+    for f in render.release_files(service, host, dir, release, commit):
+        parts.append(write_file(f"{rdir}/{f.path}", f.content, f.mode) + "\n")
+    parts.append(venv.build_script(service, dir, rdir))
+    parts.append(f'ln -sfn {q(dir)}"/venvs/$VENV_KEY" "$R/.deploy/venv"\n')
+    if service.kind == "command" and service.build:
+        parts.append(_in_release(rdir, f"sh -c {q(service.build)} >&2") + "\n")
+        parts.append('echo "@@build ran"\n')
+    if service.kind == "django" and service.collectstatic:
+        parts.append(_in_release(rdir, ".deploy/venv/bin/python manage.py collectstatic "
+                                       "--noinput -v0 >&2") + "\n")
+        parts.append('echo "@@collectstatic ran"\n')
+    if service.kind != "command":
+        # Imports the app with the new code and config: an app that fails to
+        # import stops here, before any host switches.
+        parts.append(_in_release(rdir, f".deploy/venv/bin/gunicorn --check-config "
+                                       f"-c .deploy/gunicorn.conf.py --chdir {q(rdir)} "
+                                       f"{q(service.app)} >&2") + "\n")
+    manifest = dict(manifest, release=release, commit=commit)
+    parts.append(write_file(f"{rdir}/.deploy/manifest.json",
+                            json.dumps(manifest, indent=2, sort_keys=True) + "\n", 0o644) + "\n")
+    parts.append('echo "{\\"venv\\": \\"$VENV_KEY\\"}" > "$R/.deploy/venv.json"\n')
+    parts.append('touch "$R/.deploy/staged"\necho "@@release staged"\nfi\n')
+    parts.append(f'echo "@@venv_key $(basename "$(readlink "$R/.deploy/venv")")"\n')
+    parts.append(service_files_script(service, host, dir, supervisord_next=True))
+    return "".join(parts)
+
+
+def activate_script(service, dir: str, release: str, *, force_restart: bool = False) -> str:
+    """Swap `current` to `release` atomically, then reload gracefully or restart.
+
+    Graceful (the service's reload signal, HUP for gunicorn) when the venv and
+    environment are unchanged; a restart when either changed, since a running
+    master keeps its interpreter and environment.
+    Prints `@@previous NAME` and `@@mode reload|restart|start`.
+    """
+    ctl = supervisor.ctl(dir)
+    name = q(service.name)
+    sig = service.reload_signal
+    return f"""
+cd {q(dir)}
+[ -f releases/{q(release)}/.deploy/staged ] || {{ echo "release {release} is not staged on $(hostname)" >&2; exit 1; }}
+PREV=$(readlink current 2>/dev/null || true); PREV=${{PREV#releases/}}
+echo "@@previous $PREV"
+mode={"restart" if force_restart or sig == "restart" else "reload"}
+[ "$(readlink -f current/.deploy/venv 2>/dev/null)" = "$(readlink -f releases/{q(release)}/.deploy/venv)" ] || mode=restart
+cmp -s current/.deploy/env releases/{q(release)}/.deploy/env 2>/dev/null || mode=restart
+ln -sfn releases/{q(release)} current.tmp && mv -Tf current.tmp current
+conf_changed=0
+if [ -f etc/supervisord.conf.next ]; then
+  if cmp -s etc/supervisord.conf.next etc/supervisord.conf; then rm -f etc/supervisord.conf.next
+  else mv -f etc/supervisord.conf.next etc/supervisord.conf; conf_changed=1; fi
+fi
+{supervisor.ensure_running_script(dir)}
+[ "$conf_changed" = 1 ] && {{ {ctl} reread >/dev/null; {ctl} update >/dev/null; mode=restart; }}
+state=$({ctl} status {name} 2>&1 || true)
+case "$state" in
+  *RUNNING*)
+    if [ "$mode" = reload ]; then {ctl} signal {q(sig if sig != "restart" else "HUP")} {name} >/dev/null
+    else {ctl} stop {name} >/dev/null; {ctl} start {name} >/dev/null; fi ;;
+  *STARTING*) mode=start ;;
+  *)
+    mode=start
+    {ctl} stop {name} >/dev/null 2>&1 || true
+    {ctl} start {name} >/dev/null 2>&1 || true ;;
+esac
+echo "@@mode $mode"
+"""
+
+
+def wait_ready_script(service, dir: str, release: str, timeout: float) -> str:
+    """Wait until the program is RUNNING and (gunicorn) every live worker runs `release`."""
+    ctl = supervisor.ctl(dir)
+    check_workers = service.kind != "command"
+    return f"""
+cd {q(dir)}
+deadline=$((SECONDS + {int(timeout) + 1}))
+while :; do
+  st=$({ctl} status {q(service.name)} 2>&1 || true)
+  ok=1; workers=0; stale=0
+  case "$st" in *RUNNING*) ;; *) ok=0 ;; esac
+  if {"true" if check_workers else "false"}; then
+    for f in run/workers/*; do
+      [ -e "$f" ] || continue
+      pid=${{f##*/}}
+      if kill -0 "$pid" 2>/dev/null; then
+        workers=$((workers + 1))
+        [ "$(cat "$f" 2>/dev/null)" = {q(release)} ] || stale=$((stale + 1))
+      else rm -f "$f"; fi
+    done
+    [ "$workers" -ge 1 ] && [ "$stale" = 0 ] || ok=0
+  fi
+  if [ "$ok" = 1 ]; then echo "@@ready $workers"; exit 0; fi
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    echo "not ready after {int(timeout)}s: $st (workers on the new release: $((workers - stale))/$workers)" >&2
+    tail -n 20 log/error.log log/{service.name}.log 2>/dev/null >&2 || true
+    exit 1
+  fi
+  sleep 0.2
+done
+"""
+
+
+def reload_script(service, dir: str, *, hard: bool) -> str:
+    """Restart (hard) or gracefully reload the live release."""
+    ctl = supervisor.ctl(dir)
+    name = q(service.name)
+    sig = service.reload_signal
+    if hard or sig == "restart":
+        action = f"{ctl} stop {name} >/dev/null 2>&1 || true; {ctl} start {name} >/dev/null"
+    else:
+        action = (f"if {ctl} status {name} | grep -q RUNNING; then {ctl} signal {q(sig)} {name} "
+                  f">/dev/null; else {ctl} start {name} >/dev/null; fi")
+    return (f"cd {q(dir)}\n[ -L current ] || {{ echo 'nothing deployed yet: run deploy first' >&2; exit 1; }}\n"
+            + supervisor.ensure_running_script(dir) + action + "\n")
+
+
+@dataclass
+class HostState:
+    """What `inspect_script` reports about a service on one host."""
+    current: str | None = None
+    manifest: dict = field(default_factory=dict)
+    releases: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    process: supervisor.ProcessStatus | None = None
+
+
+def inspect_script(service, dir: str) -> str:
+    ctl = supervisor.ctl(dir)
+    return f"""
+cd {q(dir)} 2>/dev/null || {{ echo "@@missing 1"; exit 0; }}
+echo "@@current $(basename "$(readlink current 2>/dev/null)" 2>/dev/null)"
+for r in releases/*/; do r=${{r%/}}; [ -f "$r/.deploy/staged" ] && echo "@@release ${{r#releases/}}"; [ -f "$r/.deploy/rejected" ] && echo "@@rejected ${{r#releases/}}"; done
+if [ -f current/.deploy/manifest.json ]; then printf '@@manifest %s\\n' "$(tr -d '\\n' < current/.deploy/manifest.json)"; fi
+if [ -x tools/bin/supervisorctl ] && [ -S run/supervisor.sock ]; then
+  {ctl} status {q(service.name)} 2>&1 | sed 's/^/@@status /' || true
+fi
+true
+"""
+
+
+def parse_inspect(stdout: str, service_name: str) -> HostState:
+    state = HostState()
+    for line in stdout.splitlines():
+        if not line.startswith("@@"):
+            continue
+        key, _, value = line[2:].partition(" ")
+        value = value.strip()
+        if key == "current" and value:
+            state.current = value
+        elif key == "release":
+            state.releases.append(value)
+        elif key == "rejected":
+            state.rejected.append(value)
+        elif key == "manifest":
+            try:
+                state.manifest = json.loads(value)
+            except ValueError:
+                state.manifest = {}
+        elif key == "status":
+            state.process = supervisor.parse_status(value, service_name)
+    state.releases.sort()
+    return state
+
+
+def previous_release(state: HostState) -> str | None:
+    """The release a plain rollback goes back to: the newest one older than current
+    that runs a different commit, skipping releases marked rejected."""
+    if not state.current:
+        return None
+    commit = state.current.rsplit("-", 1)[-1]
+    older = [r for r in state.releases if r < state.current and r not in state.rejected
+             and r.rsplit("-", 1)[-1] != commit]
+    return older[-1] if older else None
+
+
+def prune_script(dir: str, keep: int, protect: list[str]) -> str:
+    """Keep the newest `keep` releases; never remove current or the protected ones
+    (the release before current); then drop venvs no release uses."""
+    protected = " ".join(q(p) for p in protect if p)
+    return f"""
+cd {q(dir)}/releases
+cur=$(basename "$(readlink ../current)")
+n=0
+for r in $(ls -1 | sort -r); do
+  [ -d "$r" ] || continue
+  if [ ! -f "$r/.deploy/staged" ]; then rm -rf "$r"; continue; fi
+  n=$((n + 1))
+  [ "$n" -le {int(keep)} ] && continue
+  [ "$r" = "$cur" ] && continue
+  case " {protected} " in *" $r "*) continue ;; esac
+  rm -rf "$r" && echo "@@pruned $r"
+done
+cd {q(dir)}/venvs
+for v in */; do
+  v=${{v%/}}; [ -d "$v" ] || continue
+  used=0
+  for l in ../releases/*/.deploy/venv; do [ "$(basename "$(readlink "$l")")" = "$v" ] && used=1 && break; done
+  [ "$used" = 1 ] || {{ rm -rf "$v" "$v.log"; echo "@@pruned_venv $v"; }}
+done
+true
+"""
+
+
+def mark_rejected_script(dir: str, release: str) -> str:
+    return f"touch {q(dir)}/releases/{q(release)}/.deploy/rejected 2>/dev/null || true\n"

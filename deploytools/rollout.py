@@ -1,0 +1,312 @@
+"""The driver: stage everywhere, then activate wave by wave, gate, roll back.
+
+Deciding is done by pure modules (waves, health); this module executes the
+plan through the execution seam and reports every step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import requests
+
+from . import gate
+from . import lock as lock_mod
+from . import releases
+from .errors import (DeployError, HealthGateFailed, RemoteCommandError, RestoreFailed,
+                     StagingFailed, UsageError)
+from .inventory import Fleet, Target, each
+from .script import facts, q
+from .vcs import ServiceRepo
+from .waves import compute_waves
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _errors_text(errors: dict[str, BaseException]) -> str:
+    return "\n".join(f"  {name}: {err.message if isinstance(err, DeployError) else err}"
+                     for name, err in errors.items())
+
+
+def probe_url(service, host) -> str:
+    port = service.bind.rsplit(":", 1)[1] if service.bind else service.port
+    return f"http://{host.address}:{port}{service.health.path}"
+
+
+def probe(service, host, timeout: float | None = None) -> tuple[bool, str]:
+    """One readiness probe: (ok, what we saw)."""
+    try:
+        r = requests.get(probe_url(service, host), timeout=timeout or service.health.timeout)
+    except requests.RequestException as e:
+        return False, f"no answer ({type(e).__name__})"
+    return 200 <= r.status_code < 300, f"HTTP {r.status_code}"
+
+
+def wait_healthy(service, host, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        ok, seen = probe(service, host)
+        if ok:
+            return
+        if time.monotonic() >= deadline:
+            raise HealthGateFailed(f"health check {probe_url(service, host)} failed: {seen} "
+                                   f"after {timeout:g}s", host=host.name)
+        time.sleep(service.health.interval)
+
+
+@dataclass
+class HostRun:
+    """What happened on one host during a deploy or rollback."""
+    name: str
+    previous: str | None = None
+    previous_commit: str | None = None
+    steps: list[str] = field(default_factory=list)
+    activated: bool = False
+
+
+class Rollout:
+    """One deploy of `service` at `ref` to `hosts`."""
+
+    def __init__(self, session, service, hosts: list[str], *, ref: str | None = None,
+                 force: bool = False, action: str = "deploy"):
+        self.session = session
+        self.config = session.config
+        self.service = service
+        self.hosts = hosts
+        self.ref = ref
+        self.force = force
+        self.action = action
+        self.report = session.reporter
+        self.runs = {h: HostRun(h) for h in hosts}
+        self.started = time.monotonic()
+        self.record: dict = {"service": service.name, "action": action, "hosts": hosts,
+                             "started": now_iso()}
+
+    # -- helpers -------------------------------------------------------------
+    def dir(self, target: Target) -> str:
+        return self.service.dir_on(target.host)
+
+    def parallel(self, targets, fn):
+        return each(targets, fn, parallel=self.service.parallel)
+
+    def say(self, kind: str, message: str, **fields):
+        self.report.event(kind, message, service=self.service.name, **fields)
+
+    # -- the deploy ----------------------------------------------------------
+    def run(self) -> dict:
+        svc = self.service
+        repo = ServiceRepo(svc).update()
+        commit = repo.resolve(self.ref)
+        self.commit = commit
+        self.release = releases.release_name(commit)
+        self.record.update(ref=self.ref or svc.branch, commit=commit, release=self.release,
+                           subject=repo.subject(commit))
+        self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
+                         f"{self.release} to {', '.join(self.hosts)}",
+                 commit=commit, release=self.release, hosts=self.hosts)
+        with Fleet(self.config, self.hosts) as fleet:
+            self.fleet = fleet
+            lock = lock_mod.FleetLock(fleet, svc, self.action, wait=self.session.lock_wait)
+            lock.acquire()
+            self.record["user"] = lock.owner["user"]
+            self.record["job"] = lock.owner["job"]
+            try:
+                outcome = self._locked(repo)
+            except BaseException as e:
+                self.record.setdefault("outcome", "failed")
+                self.record["error"] = str(e)
+                raise
+            finally:
+                self.record["duration"] = round(time.monotonic() - self.started, 2)
+                self._write_history()
+                lock.release()
+        return outcome
+
+    def _locked(self, repo) -> dict:
+        svc = self.service
+        self._inspect()
+        self._refuse_rejected()
+        self._stage()
+        waves = compute_waves(self.hosts, list(svc.rollout))
+        self.record["waves"] = waves
+        for i, wave in enumerate(waves, 1):
+            self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i, hosts=wave)
+            t0 = time.monotonic()
+            try:
+                self._activate(wave)
+                self._gate(i, waves)
+            except DeployError as e:
+                self.record["outcome"] = "rolled_back"
+                self.record["failed_wave"] = i
+                self._roll_back_all(reason=str(e))
+                raise HealthGateFailed(
+                    f"wave {i} ({', '.join(wave)}) failed, and every host this deploy touched "
+                    f"was rolled back:\n{e}") from None
+            self.say("wave_done", f"wave {i} ok ({time.monotonic() - t0:.1f}s)", wave=i)
+        self._prune()
+        tag = None
+        if set(self.hosts) == set(svc.hosts):
+            tag = repo.publish(self.commit, force=self.force,
+                               message=f"{svc.name} {self.release} by {self.record.get('user')}")
+            self.record["tag"] = tag
+            self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)
+        self.record["outcome"] = "success"
+        self.say("done", f"{svc.name} {self.release} is live on {', '.join(self.hosts)} "
+                         f"({time.monotonic() - self.started:.1f}s)", release=self.release,
+                 commit=self.commit, tag=tag)
+        return self.record
+
+    def _inspect(self) -> None:
+        def inspect(t):
+            out = t.run(releases.inspect_script(self.service, self.dir(t)), what="inspecting")
+            return releases.parse_inspect(out.stdout, self.service.name)
+        states, errors = self.parallel(self.fleet, inspect)
+        if errors:
+            raise DeployError("could not inspect every host; nothing was changed:\n"
+                              + _errors_text(errors))
+        self.states = states
+        for name, st in states.items():
+            self.runs[name].previous = st.current
+            self.runs[name].previous_commit = st.manifest.get("commit")
+        froms = {st.manifest.get("commit") for st in states.values()}
+        self.record["from_commit"] = froms.pop() if len(froms) == 1 else None
+
+    def _refuse_rejected(self) -> None:
+        if self.force:
+            return
+        for name, st in self.states.items():
+            for r in st.rejected:
+                if r.endswith("-" + self.commit[:7]):
+                    raise UsageError(
+                        f"{self.commit[:7]} was rejected by an earlier deploy's health gate "
+                        f"(release {r} on {name}). Fix it, or deploy it again with force=true.")
+
+    def _stage(self) -> None:
+        svc = self.service
+        manifest = {"service": svc.name, "ref": self.ref or svc.branch,
+                    "deployed_by": self.record.get("user"), "deployed_at": now_iso()}
+        self.say("stage", f"staging {self.release} on {len(self.hosts)} host(s)")
+
+        def stage(t):
+            t0 = time.monotonic()
+            r = t.run(releases.stage_script(svc, t.host, self.dir(t), self.release,
+                                            self.commit, manifest),
+                      what=f"staging {self.release}")
+            f = facts(r.stdout)
+            run = self.runs[t.name]
+            run.steps.append("fetch")
+            if "venv" in f:
+                run.steps.append(f"venv_{f['venv'].split()[0]}")
+            for step in ("build", "collectstatic"):
+                if step in f:
+                    run.steps.append(step)
+            if svc.kind != "command":
+                run.steps.append("check_config")
+            self.say("staged", f"  {t.name}: staged ({', '.join(run.steps)}; "
+                               f"{time.monotonic() - t0:.1f}s)", host=t.name, steps=run.steps)
+            return f
+
+        _, errors = self.parallel(self.fleet, stage)
+        if errors:
+            self.record["outcome"] = "failed"
+            self.record["failed_step"] = "stage"
+            raise StagingFailed(
+                f"staging {self.release} ({self.commit[:7]}) failed; no host was switched:\n"
+                + _errors_text(errors))
+
+    def _activate(self, wave: list[str]) -> None:
+        svc = self.service
+
+        def activate(t):
+            run = self.runs[t.name]
+            run.activated = True  # from here on, `current` may have moved
+            r = t.run(releases.activate_script(svc, self.dir(t), self.release),
+                      what=f"activating {self.release}")
+            mode = facts(r.stdout).get("mode", "?")
+            run.steps.append(f"activate_{mode}")
+            self._wait_ready(t, self.release)
+            self.say("activated", f"  {t.name}: serving {self.release} ({mode})", host=t.name,
+                     mode=mode)
+        _, errors = self.parallel([self.fleet[h] for h in wave], activate)
+        if errors:
+            raise DeployError(_errors_text(errors))
+
+    def _gate(self, i: int, waves: list[list[str]]) -> None:
+        new = [h for w in waves[:i] for h in w]
+        old = [h for w in waves[i:] for h in w]
+        verdict = gate.bake(self.fleet, self.service, new, old, self.say)
+        f = verdict.figures
+        self.record.setdefault("gates", []).append(
+            {"wave": i, "outcome": verdict.outcome, "reason": verdict.reason, "figures": f})
+        self.say("gate", f"  gate {i}: {verdict.outcome.upper()}: new {f.get('e_c')}/{f.get('n_c')} "
+                         f"errors, baseline {f.get('e_b')}/{f.get('n_b')}: {verdict.reason}",
+                 wave=i, outcome=verdict.outcome, figures=f)
+        if verdict.outcome == "fail":
+            raise HealthGateFailed(f"error-rate gate after wave {i} failed: {verdict.reason}")
+
+    def _wait_ready(self, t: Target, release: str) -> None:
+        timeout = self.service.health.timeout + self.service.graceful_timeout
+        t.run(releases.wait_ready_script(self.service, self.dir(t), release, timeout),
+              what="waiting for the new processes")
+        wait_healthy(self.service, t.host, self.service.health.timeout)
+
+    def _roll_back_all(self, reason: str) -> None:
+        """Return every activated host to its previous release, in reverse wave order."""
+        touched = [h for h in reversed(self.hosts) if self.runs[h].activated]
+        self.say("rollback", f"rolling back {', '.join(touched)}: {reason.splitlines()[0]}",
+                 hosts=touched)
+        failed: dict[str, BaseException] = {}
+        for name in touched:
+            t = self.fleet[name]
+            try:
+                restore(self.service, t, self.runs[name].previous)
+                t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
+                self.say("restored", f"  {name}: back on {self.runs[name].previous or 'nothing'}",
+                         host=name)
+            except DeployError as e:
+                failed[name] = e
+        for name in self.hosts:
+            if not self.runs[name].activated:
+                t = self.fleet[name]
+                t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
+        self.record["rolled_back"] = touched
+        if failed:
+            self.record["outcome"] = "unrestored"
+            raise RestoreFailed(
+                f"the deploy failed ({reason.splitlines()[0]}) and these hosts could not be "
+                f"restored; a human must look:\n{_errors_text(failed)}")
+
+    def _prune(self) -> None:
+        def prune(t):
+            keep_prev = self.runs[t.name].previous
+            r = t.run(releases.prune_script(self.dir(t), self.service.keep_releases,
+                                            [keep_prev]), what="pruning old releases")
+            return [line[9:] for line in r.stdout.splitlines() if line.startswith("@@pruned ")]
+        pruned, errors = self.parallel(self.fleet, prune)
+        for name, err in errors.items():
+            self.say("warning", f"  {name}: pruning failed (the deploy is fine): {err}", host=name)
+
+    def _write_history(self) -> None:
+        def write(t):
+            run = self.runs[t.name]
+            rec = dict(self.record, host=t.name, from_release=run.previous,
+                       from_commit=run.previous_commit, steps=run.steps)
+            t.run(lock_mod.history_append_script(self.dir(t), rec), check=False)
+        self.parallel(self.fleet, write)
+
+
+def restore(service, t: Target, release: str | None) -> None:
+    """Put `release` back live on one host and verify it serves (None: stop the service)."""
+    dir = service.dir_on(t.host)
+    if release is None:
+        from .supervisor import ctl
+        t.run(f"cd {q(dir)}\n{ctl(dir)} stop {q(service.name)} >/dev/null 2>&1 || true\n"
+              "rm -f current\n", what="removing a first release")
+        return
+    t.run(releases.activate_script(service, dir, release), what=f"restoring {release}")
+    timeout = service.health.timeout + service.graceful_timeout
+    t.run(releases.wait_ready_script(service, dir, release, timeout), what="waiting for processes")
+    wait_healthy(service, t.host, service.health.timeout)
