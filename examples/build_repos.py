@@ -241,7 +241,7 @@ HARBOR = Sample("harbor", version_file=HARBOR_MAIN,
         '                + ", \\"java\\": " + json(System.getProperty("java.version"))\n'))}),
     # Only the build changes (plus the VERSION bump): a deploy has to rebuild, not just restart.
     Step("v3", "harbor: compile with -Xlint:all so warnings show up in the staging log", {
-        "build.sh": Sub(('"$JAVAC" --release 17', '"$JAVAC" -Xlint:all --release 17')),
+        "build.sh": Sub((" --release 17 ", " -Xlint:all --release 17 ")),
     }),
 ], branches=[
     Step("errors-20", "harbor: fail every 5th request to /", {HARBOR_MAIN: Sub(
