@@ -416,3 +416,198 @@ def test_airship_settings(repos, tmp_path, monkeypatch):
     db = runpy.run_path(settings_py)["DATABASES"]["default"]
     assert db == {"ENGINE": "django.db.backends.postgresql", "NAME": "flights", "USER": "air@ship",
                   "PASSWORD": "p:ss", "HOST": "db.example", "PORT": "6543"}
+
+
+# --- harbor: the Java sample, built and run for real ----------------------------
+
+HARBOR_MAIN = "src/harbor/Main.java"
+HARBOR_BUILD = ["sh", "build.sh"]  # what staging runs in the release directory
+HARBOR_RUN = ["java", "-jar", "build/harbor.jar"]  # the supervisord command, from the release directory
+HARBOR_LABELS = ("v1", "v3", "errors-20", "broken-build", "fails-to-start")
+TEXT = "text/plain; charset=utf-8"
+
+
+def test_harbor_history(repos):
+    repo = repos["harbor"]
+    assert changed(repo, "v1", "v2") == {HARBOR_MAIN: "M"}
+    assert changed(repo, "v2", "v3") == {"build.sh": "M", HARBOR_MAIN: "M"}
+    # v3 changes the build and nothing else: in Main.java only VERSION moves
+    assert diff_lines(repo, "v2", "v3", HARBOR_MAIN) == [
+        '-    static final String VERSION = "2";', '+    static final String VERSION = "3";']
+    removed, added = diff_lines(repo, "v2", "v3", "build.sh")
+    assert removed.startswith('-"$JAVAC" ') and "-Xlint" not in removed
+    assert added == "+" + removed[1:].replace(" --release 17 ", " -Xlint:all --release 17 ")
+    for label in repo.commits:
+        script = show(repo, label, "build.sh")
+        assert "-d build/classes" in script
+        assert "--create --file build/harbor.jar --main-class harbor.Main -C build/classes ." in script
+    assert "/build/" in show(repo, "v1", ".gitignore").splitlines()
+
+
+@pytest.fixture(scope="module")
+def harbor_builds(repos, tmp_path_factory):
+    """label -> (exported tree, `sh build.sh` result); the builds run side by side to save time."""
+    missing = [tool for tool in ("java", "javac", "jar") if not shutil.which(tool)]
+    if missing:
+        pytest.skip(f"needs a JDK 17: {', '.join(missing)} not found")
+    root = tmp_path_factory.mktemp("harbor")
+    trees = {label: repos["harbor"].export(label, root / label) for label in HARBOR_LABELS}
+
+    def build(tree):
+        return subprocess.run(HARBOR_BUILD, cwd=tree, capture_output=True, text=True, timeout=120)
+
+    with ThreadPoolExecutor(len(trees)) as pool:
+        results = list(pool.map(build, trees.values()))
+    return {label: (tree, result) for (label, tree), result in zip(trees.items(), results)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def harbor_env(port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
+    env.update(HOST="127.0.0.1", PORT=str(port), **extra)
+    return env
+
+
+class Harbor:
+    """A running `java -jar build/harbor.jar` (optionally behind `wrap`), its stdout+stderr in `log`."""
+
+    def __init__(self, tree: Path, log: Path, wrap: tuple[str, ...] = (), **env: str):
+        self.port, self.log = free_port(), log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([*wrap, *HARBOR_RUN], cwd=tree, env=harbor_env(self.port, **env),
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> tuple[int, str, str]:
+        conn = HTTPConnection("127.0.0.1", self.port, timeout=5)  # no proxies from the environment
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.getheader("Content-Type"), response.read().decode()
+        finally:
+            conn.close()
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"harbor exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"harbor did not answer /healthz within {timeout}s:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def terminate(self, timeout: float = 5) -> tuple[int, float]:
+        """SIGTERM, as supervisord stops it; returns (exit status, seconds it took)."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"harbor still running {timeout}s after SIGTERM:\n{self.log.read_text()}")
+        return status, time.monotonic() - started
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@contextlib.contextmanager
+def harbor(tree: Path, log: Path, wrap: tuple[str, ...] = (), **env: str):
+    server = Harbor(tree, log, wrap, **env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.close()
+
+
+def test_harbor_v1_builds_serves_and_stops(repos, harbor_builds, tmp_path):
+    tree, build = harbor_builds["v1"]
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert (tree / "build" / "harbor.jar").is_file() and (tree / "build" / "classes" / "harbor" / "Main.class").is_file()
+    sha = repos["harbor"].commits["v1"]
+    (tree / "REVISION").unlink(missing_ok=True)
+
+    with harbor(tree, tmp_path / "v1.log") as server:
+        assert server.get("/healthz") == (200, TEXT, "ok")
+        status, ctype, body = server.get("/")
+        assert (status, ctype) == (200, "application/json")
+        assert json.loads(body) == {"service": "harbor", "version": "1", "revision": "unknown",
+                                    "hostname": socket.gethostname(), "pid": server.proc.pid}
+        assert server.get("/version") == (200, TEXT, "unknown")
+
+        (tree / "REVISION").write_text(f"  {sha}\n")  # read per request, trimmed
+        assert json.loads(server.get("/")[2])["revision"] == sha
+        assert server.get("/version") == (200, TEXT, sha)
+        (tree / "REVISION").write_text("\n")  # empty counts as unknown
+        assert server.get("/version")[2] == "unknown"
+        assert server.get("/nope")[:2] == (404, TEXT)
+
+        status, seconds = server.terminate()
+    assert status == 128 + signal.SIGTERM and seconds < 5  # the JVM's exit status after SIGTERM
+
+    log = (tmp_path / "v1.log").read_text()
+    access = re.findall(r'^\S+ 127\.0\.0\.1 "GET (\S+) HTTP/1\.1" (\d{3}) \d+$', log, flags=re.M)
+    assert [a for a in access if a[0] != "/healthz"] == [
+        ("/", "200"), ("/version", "200"), ("/", "200"), ("/version", "200"), ("/version", "200"), ("/nope", "404")]
+    assert "listening on 127.0.0.1:" in log and "shutting down" in log
+
+
+def test_harbor_reports_the_uts_hostname(harbor_builds, tmp_path):
+    """On a fleet host (own UTS namespace, shared /etc) the name is the namespace's, e.g. web-0:
+    InetAddress.getLocalHost() cannot resolve it there, and /etc/hostname and HOSTNAME say otherwise."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-u", "true"], capture_output=True).returncode:
+        pytest.skip("cannot create a UTS namespace here (needs root and unshare)")
+    tree, build = harbor_builds["v1"]
+    assert build.returncode == 0, build.stderr
+    wrap = ("unshare", "-u", "sh", "-c", 'hostname web-0 && exec "$@"', "sh")  # both exec: the pid is java's
+    with harbor(tree, tmp_path / "uts.log", wrap, HOSTNAME="not-web-0") as server:
+        data = json.loads(server.get("/")[2])
+        assert (data["hostname"], data["pid"]) == ("web-0", server.proc.pid)
+
+
+def test_harbor_v3_builds_without_warnings(harbor_builds):
+    tree, build = harbor_builds["v3"]
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert "warning" not in build.stderr.lower(), build.stderr
+    assert (tree / "build" / "harbor.jar").is_file()
+
+
+def test_harbor_broken_build_fails_to_stage(harbor_builds):
+    tree, build = harbor_builds["broken-build"]
+    assert build.returncode != 0
+    assert "package does.not does not exist" in build.stderr
+    assert not (tree / "build" / "harbor.jar").exists()
+
+
+def test_harbor_fails_to_start_exits_quickly(harbor_builds):
+    tree, build = harbor_builds["fails-to-start"]
+    assert build.returncode == 0, build.stdout + build.stderr
+    started = time.monotonic()
+    proc = subprocess.run(HARBOR_RUN, cwd=tree, env=harbor_env(free_port()), capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 1 and time.monotonic() - started < 5
+    assert "fails-to-start" in proc.stderr
+
+
+def test_harbor_errors_20(harbor_builds, tmp_path):
+    tree, build = harbor_builds["errors-20"]
+    assert build.returncode == 0, build.stdout + build.stderr
+    with harbor(tree, tmp_path / "e20.log") as server:
+        statuses = []
+        for _ in range(50):
+            statuses.append(server.get("/")[0])
+            assert server.get("/healthz") == (200, TEXT, "ok")
+    assert [i for i, s in enumerate(statuses, 1) if s != 200] == list(range(5, 51, 5))
+    assert set(statuses) == {200, 500}
+    assert (tmp_path / "e20.log").read_text().count("simulated failure") == 10
