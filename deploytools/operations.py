@@ -32,9 +32,23 @@ def _inspect_all(service, fleet):
     return states
 
 
-def deploy(session, name: str, ref: str | None = None, *, force: bool = False) -> dict:
+def deploy(session, name: str, ref: str | None = None, *, force: bool = False,
+           smart: bool = False) -> dict:
     service, hosts = _service_and_hosts(session, name)
-    return Rollout(session, service, hosts, ref=ref, force=force).run()
+    return Rollout(session, service, hosts, ref=ref, force=force,
+                   action="smart_deploy" if smart else "deploy").run()
+
+
+def plan(session, name: str, ref: str | None = None) -> dict:
+    raise DeployError("plan is not implemented yet")
+
+
+def migrate(session, name: str, to: str | None = None) -> None:
+    raise DeployError("migrate is not implemented yet")
+
+
+def media(session, name: str) -> None:
+    raise DeployError("media is not implemented yet")
 
 
 def rollback(session, name: str, to: str | None = None) -> dict:

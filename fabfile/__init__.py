@@ -57,3 +57,38 @@ def history(c, service, limit=20):
 def unlock(c, service):
     """Break a deploy lock left by a dead deploy: fab unlock:airship"""
     operations.unlock(current(), service)
+
+
+@task(help={"service": "service name",
+            "ref": "branch, tag or commit to deploy (default: the service's branch)",
+            "force": "deploy a release an earlier gate rejected; move production non-fast-forward"})
+def smart_deploy(c, service, ref=None, force=False):
+    """Deploy doing only what the change needs (venv, migrate, static): fab smart_deploy:airship"""
+    operations.deploy(current(), service, ref, force=force, smart=True)
+
+
+@task(help={"service": "service name", "ref": "what would be deployed (default: the branch)"})
+def plan(c, service, ref=None):
+    """Print what smart_deploy would do, wave by wave; change nothing: fab plan:airship"""
+    operations.plan(current(), service, ref)
+
+
+@task(help={"service": "service name",
+            "to": "migrate back to the state recorded in this release's manifest"})
+def migrate(c, service, to=None):
+    """Apply the live release's database migrations, once: fab migrate:airship"""
+    operations.migrate(current(), service, to)
+
+
+@task(help={"service": "service name"})
+def media(c, service):
+    """Collect static files into the live release and make sure shared/media exists: fab media:airship"""
+    operations.media(current(), service)
+
+
+@task(help={"service": "service name", "lines": "print the last N lines of each log and exit",
+            "follow": "keep following (default unless --lines is given)"})
+def monitor(c, service, lines=None, follow=None):
+    """Follow the logs and status of every host at once: fab monitor:airship"""
+    from deploytools import monitor as monitor_mod
+    monitor_mod.monitor(current(), service, lines=int(lines) if lines else None, follow=follow)
