@@ -13,7 +13,8 @@ from . import releases
 from .errors import DeployError, RestoreFailed, UsageError
 from .inventory import Fleet, each
 from .rollout import Rollout, now_iso, probe, restore, _errors_text
-from .script import facts
+from . import plan as plan_mod
+from .script import facts, q
 from .vcs import ServiceRepo
 
 
@@ -40,19 +41,123 @@ def deploy(session, name: str, ref: str | None = None, *, force: bool = False,
 
 
 def plan(session, name: str, ref: str | None = None) -> dict:
-    raise DeployError("plan is not implemented yet")
+    """Dry run of smart_deploy: reads the hosts and the repo, changes nothing."""
+    service, hosts = _service_and_hosts(session, name)
+    report = session.reporter
+    rollout = Rollout(session, service, hosts, ref=ref, smart=True, action="plan")
+    repo = ServiceRepo(service).update()
+    rollout.commit = repo.resolve(ref)
+    with Fleet(session.config, hosts) as fleet:
+        rollout.fleet = fleet
+        rollout._inspect()
+    p = rollout._plan(repo)
+    live = ", ".join(c[:7] for c in p.live) or "nothing"
+    report.event("plan", f"{service.name}: {live} -> {p.target[:7]} ({repo.subject(p.target)})",
+                 **p.to_dict())
+    for step in p.steps:
+        report.event("plan_step", f"  {'RUN ' if step.run else 'skip'}  {step.name:<14} {step.reason}",
+                     step=step.name, run=step.run, reason=step.reason)
+    g = service.gate
+    for i, wave in enumerate(p.waves, 1):
+        report.event("plan_wave", f"  wave {i}: {', '.join(wave)}  then readiness "
+                                  f"({service.health.path}) and a {g.bake:g}s bake gate "
+                                  f"(ceiling {g.max_error_rate:.1%})", wave=i, hosts=wave)
+    report.event("plan_done", "nothing was changed (dry run)")
+    return p.to_dict()
 
 
-def migrate(session, name: str, to: str | None = None) -> None:
-    raise DeployError("migrate is not implemented yet")
+def _django(service) -> None:
+    if service.kind != "django":
+        raise UsageError(f"{service.name} is a {service.kind} service; migrate and media are "
+                         "for kind django.")
+
+
+def migrate(session, name: str, to: str | None = None) -> dict:
+    """Apply the live release's unapplied migrations once (on the first host), or with
+    `to=RELEASE`, migrate to the state recorded in that release's manifest."""
+    service, hosts = _service_and_hosts(session, name)
+    _django(service)
+    with Fleet(session.config, hosts[:1]) as fleet:
+        t = fleet[hosts[0]]
+        d = service.dir_on(t.host)
+        st = _inspect_all(service, fleet)[t.name]
+        if not st.current:
+            raise UsageError(f"nothing is deployed on {t.name} yet: deploy first.")
+        with lock_mod.FleetLock(fleet, service, "migrate", wait=session.lock_wait):
+            if to:
+                steps = _reverse_migrations(service, t, st.current, to, session.reporter)
+                return {"reversed": steps}
+            r = t.run(releases.migrate_script(service, d, st.current), what="migrating")
+    applied = facts(r.stdout).get("migrated") == "yes"
+    session.reporter.event("migrate", f"{service.name} on {t.name}: migrations "
+                                      f"{'applied' if applied else 'already up to date'}",
+                           applied=applied)
+    return {"applied": applied}
+
+
+def _recorded_migrations(service, t, names: list[str]) -> dict[str, dict | None]:
+    r = t.run(releases.read_migrations_script(service.dir_on(t.host), names))
+    out: dict[str, dict | None] = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("@@migrations "):
+            _, rel, body = line.split(" ", 2)
+            try:
+                out[rel] = json.loads(body)
+            except ValueError:
+                out[rel] = None
+    return out
+
+
+def _reverse_migrations(service, t, current: str, target: str, report) -> list[str]:
+    """Migrate back (with the current release's code, which knows the newer
+    migrations) to the state recorded in `target`."""
+    rec = _recorded_migrations(service, t, [current, target])
+    now, then = rec.get(current), rec.get(target)
+    if then is None:
+        raise UsageError(f"release {target} on {t.name} has no recorded migration state; "
+                         "cannot reverse to it.")
+    now = now or {}
+    commands = []
+    for app in sorted(set(now) | set(then)):
+        if now.get(app) != then.get(app):
+            commands.append((app, then.get(app) or "zero"))
+    d = service.dir_on(t.host)
+    for app, name in commands:
+        t.run(releases.manage_script(service, d, current, f"migrate --noinput {app} {name}"),
+              what=f"reversing migrations of {app} to {name}")
+        report.event("migrate", f"  {t.name}: {app} migrated back to {name}", app=app, to=name)
+    return [f"{app}->{name}" for app, name in commands]
 
 
 def media(session, name: str) -> None:
-    raise DeployError("media is not implemented yet")
+    """Collect static files into the live release and make sure shared/media exists."""
+    service, hosts = _service_and_hosts(session, name)
+    _django(service)
+    with Fleet(session.config, hosts) as fleet:
+        states = _inspect_all(service, fleet)
+
+        def go(t):
+            current = states[t.name].current
+            if not current:
+                raise UsageError("nothing deployed yet: deploy first", host=t.name)
+            d = service.dir_on(t.host)
+            t.run(f"mkdir -p {q(d)}/shared/media && ln -sfn {q(d)}/shared/media "
+                  f"{q(d)}/releases/{q(current)}/media\n"
+                  + releases.manage_script(service, d, current, "collectstatic --noinput -v0"),
+                  what="collecting static files")
+            session.reporter.event("media", f"  {t.name}: static collected into {current}, "
+                                            f"media in {d}/shared/media", host=t.name)
+        _, errors = each(fleet, go, parallel=service.parallel)
+    if errors:
+        raise DeployError("media failed:\n" + _errors_text(errors))
 
 
-def rollback(session, name: str, to: str | None = None) -> dict:
-    """Back to the previous release (or `to`: a release name, tag or commit) on every host."""
+def rollback(session, name: str, to: str | None = None, *, migrate: bool = False) -> dict:
+    """Back to the previous release (or `to`: a release name, tag or commit) on every host.
+
+    Rolling back across migrations warns and names them; with migrate=True they
+    are reversed first (with the newer code, which knows them) to the state
+    recorded in the target release."""
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     started = time.monotonic()
@@ -94,6 +199,22 @@ def rollback(session, name: str, to: str | None = None) -> dict:
                 return "restored"
             report.event("rollback", f"{service.name}: rolling back {', '.join(hosts)}",
                          service=service.name, hosts=hosts)
+            first = fleet[hosts[0]]
+            cur, tgt = states[first.name].current, targets[first.name]
+            if service.kind == "django" and service.migrate and cur and cur != tgt:
+                rec = _recorded_migrations(service, first, [cur, tgt])
+                if rec.get(cur) and rec.get(tgt) is not None:
+                    delta = plan_mod.migration_delta(rec[cur], rec[tgt])
+                    if delta and migrate:
+                        record["migrations_reversed"] = _reverse_migrations(
+                            service, first, cur, tgt, report)
+                    elif delta:
+                        record["migrations_kept"] = delta
+                        report.event("warning", "WARNING: rolling back across migrations "
+                                     f"{', '.join(delta)}: the schema stays as it is, so the old "
+                                     "code runs on the newer schema. To reverse them too: "
+                                     f"fab rollback:{service.name},migrate=true",
+                                     migrations=delta)
             _, errors = each(fleet, back, parallel=service.parallel)
             record["outcome"] = "unrestored" if errors else "success"
             record["duration"] = round(time.monotonic() - started, 2)

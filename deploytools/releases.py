@@ -70,7 +70,8 @@ def _in_release(rdir: str, command: str) -> str:
     return (f"(cd {q(rdir)} && set -a && . .deploy/env && set +a && {command})")
 
 
-def stage_script(service, host, dir: str, release: str, commit: str, manifest: dict) -> str:
+def stage_script(service, host, dir: str, release: str, commit: str, manifest: dict,
+                 *, static: str = "run") -> str:
     """Prepare a release next to the live one; never touches `current`.
 
     On any failure the half-made release directory is removed.
@@ -94,10 +95,20 @@ printf '%s\\n' {q(commit)} > "$R/REVISION"
     if service.kind == "command" and service.build:
         parts.append(_in_release(rdir, f"sh -c {q(service.build)} >&2") + "\n")
         parts.append('echo "@@build ran"\n')
+    if service.kind == "django":
+        # Media survive releases in shared/; each release collects its own
+        # static files, so old and new are both served during a rollout.
+        parts.append(f'mkdir -p {q(dir)}/shared/media && ln -sfn {q(dir)}/shared/media "$R/media"\n')
     if service.kind == "django" and service.collectstatic:
-        parts.append(_in_release(rdir, ".deploy/venv/bin/python manage.py collectstatic "
-                                       "--noinput -v0 >&2") + "\n")
-        parts.append('echo "@@collectstatic ran"\n')
+        collect = _in_release(rdir, ".deploy/venv/bin/python manage.py collectstatic --noinput -v0 >&2")
+        if static == "reuse":
+            # Unchanged static files: hard-link the live release's collected ones.
+            parts.append(f'LIVE=$(readlink -f {q(dir)}/current || true)\n'
+                         f'if [ -n "$LIVE" ] && [ -d "$LIVE/staticfiles" ]; then '
+                         f'cp -al "$LIVE/staticfiles" "$R/staticfiles"; echo "@@collectstatic reused"; '
+                         f'else {collect}; echo "@@collectstatic ran"; fi\n')
+        else:
+            parts.append(collect + '\necho "@@collectstatic ran"\n')
     if service.kind != "command":
         # Imports the app with the new code and config: an app that fails to
         # import stops here, before any host switches.
@@ -292,3 +303,26 @@ true
 
 def mark_rejected_script(dir: str, release: str) -> str:
     return f"touch {q(dir)}/releases/{q(release)}/.deploy/rejected 2>/dev/null || true\n"
+
+
+def manage_script(service, dir: str, release: str, command: str) -> str:
+    """Run `manage.py COMMAND` in a release with its environment (Django services)."""
+    rdir = f"{dir}/releases/{release}"
+    return _in_release(rdir, f".deploy/venv/bin/python manage.py {command}") + "\n"
+
+
+def migrate_script(service, dir: str, release: str, *, check_first: bool = True) -> str:
+    """Apply unapplied migrations (if any) and print the resulting state.
+
+    Prints `@@migrated yes|no` and `@@state {app: last applied}` (JSON)."""
+    rdir = f"{dir}/releases/{release}"
+    py = ".deploy/venv/bin/python manage.py"
+    apply = _in_release(rdir, f"{py} migrate --noinput >&2")
+    check = _in_release(rdir, f"{py} migrate --check >/dev/null 2>&1")
+    return (f"if {check}; then echo '@@migrated no'; else {apply}; echo '@@migrated yes'; fi\n"
+            + _in_release(rdir, f"{py} showmigrations --list") + "\n")
+
+
+def read_migrations_script(dir: str, releases_: list[str]) -> str:
+    return "".join(f"printf '@@migrations {r} %s\\n' \"$(cat {q(dir)}/releases/{q(r)}/.deploy/"
+                   f"migrations.json 2>/dev/null || echo null)\"\n" for r in releases_)

@@ -5,6 +5,7 @@ plan through the execution seam and reports every step.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +18,8 @@ from . import releases
 from .errors import (DeployError, HealthGateFailed, RemoteCommandError, RestoreFailed,
                      StagingFailed, UsageError)
 from .inventory import Fleet, Target, each
-from .script import facts, q
+from . import plan as plan_mod
+from .script import facts, q, write_file
 from .vcs import ServiceRepo
 from .waves import compute_waves
 
@@ -71,7 +73,8 @@ class Rollout:
     """One deploy of `service` at `ref` to `hosts`."""
 
     def __init__(self, session, service, hosts: list[str], *, ref: str | None = None,
-                 force: bool = False, action: str = "deploy"):
+                 force: bool = False, action: str = "deploy", smart: bool = False):
+        self.smart = smart
         self.session = session
         self.config = session.config
         self.service = service
@@ -129,8 +132,10 @@ class Rollout:
         svc = self.service
         self._inspect()
         self._refuse_rejected()
+        self.plan = self._plan(repo)
         self._stage()
-        waves = compute_waves(self.hosts, list(svc.rollout))
+        self._migrate()
+        waves = self.plan.waves
         self.record["waves"] = waves
         for i, wave in enumerate(waves, 1):
             self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i, hosts=wave)
@@ -174,6 +179,62 @@ class Rollout:
         froms = {st.manifest.get("commit") for st in states.values()}
         self.record["from_commit"] = froms.pop() if len(froms) == 1 else None
 
+    def _plan(self, repo) -> plan_mod.Plan:
+        """What this deploy will do. A plain deploy does every step; a smart one
+        only what the change between the live commit(s) and the target needs."""
+        live = sorted({st.manifest.get("commit") for st in self.states.values()} - {None})
+        changes: dict[str, list[str] | None] = {}
+        for c in live:
+            try:
+                changes[c] = repo.changed_files(c, self.commit)
+            except Exception:  # the live commit is not in the repo (force-pushed away)
+                changes[c] = None
+        p = plan_mod.Plan(self.service.name, self.commit, live,
+                          waves=compute_waves(self.hosts, list(self.service.rollout)))
+        if self.smart:
+            p.steps = plan_mod.decide(self.service, self.commit, changes)
+        else:
+            p.steps = [plan_mod.Step(s.name, True, "plain deploy: every step runs")
+                       if s.name in ("collectstatic", "migrate") else s
+                       for s in plan_mod.decide(self.service, self.commit, changes)]
+        self.record["plan"] = p.to_dict()["steps"]
+        return p
+
+    def _migrate(self) -> None:
+        """Once per deploy, on one host, before any host is activated."""
+        svc = self.service
+        if svc.kind != "django" or not svc.migrate:
+            return
+        first = self.fleet[self.hosts[0]]
+        d = self.dir(first)
+        if self.plan.runs("migrate"):
+            t0 = time.monotonic()
+            try:
+                r = first.run(releases.migrate_script(svc, d, self.release),
+                              what="migrating the database")
+            except DeployError as e:
+                self.record["outcome"] = "failed"
+                self.record["failed_step"] = "migrate"
+                raise StagingFailed(f"migrations of {self.release} failed on {first.name}; no "
+                                    f"host was switched:\n{e}") from None
+            applied = facts(r.stdout).get("migrated") == "yes"
+            if applied:
+                self.runs[first.name].steps.append("migrate")
+            self.say("migrate", f"  {first.name}: migrations "
+                                f"{'applied' if applied else 'already up to date'} "
+                                f"({time.monotonic() - t0:.1f}s)", host=first.name, applied=applied)
+            out = r.stdout
+        else:
+            out = first.run(releases.manage_script(svc, d, self.release, "showmigrations --list"),
+                            what="reading the migration state").stdout
+        state = plan_mod.parse_showmigrations(out)
+        self.record["migrations"] = state
+        # Recorded in every host's release: a rollback compares these.
+        body = json.dumps(state, sort_keys=True)
+        self.parallel(self.fleet, lambda t: t.run(
+            write_file(f"{self.dir(t)}/releases/{self.release}/.deploy/migrations.json",
+                       body + "\n", 0o644), what="recording the migration state"))
+
     def _refuse_rejected(self) -> None:
         if self.force:
             return
@@ -192,17 +253,20 @@ class Rollout:
 
         def stage(t):
             t0 = time.monotonic()
-            r = t.run(releases.stage_script(svc, t.host, self.dir(t), self.release,
-                                            self.commit, manifest),
+            r = t.run(releases.stage_script(
+                svc, t.host, self.dir(t), self.release, self.commit, manifest,
+                static="run" if self.plan.runs("collectstatic") else "reuse"),
                       what=f"staging {self.release}")
             f = facts(r.stdout)
             run = self.runs[t.name]
             run.steps.append("fetch")
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
-            for step in ("build", "collectstatic"):
-                if step in f:
-                    run.steps.append(step)
+            if "build" in f:
+                run.steps.append("build")
+            if "collectstatic" in f:
+                run.steps.append("collectstatic" if f["collectstatic"] == "ran"
+                                 else "collectstatic_reused")
             if svc.kind != "command":
                 run.steps.append("check_config")
             self.say("staged", f"  {t.name}: staged ({', '.join(run.steps)}; "
@@ -290,6 +354,10 @@ class Rollout:
             self.say("warning", f"  {name}: pruning failed (the deploy is fine): {err}", host=name)
 
     def _write_history(self) -> None:
+        # `steps` is what ran on that host; `all_steps` what ran anywhere in this deploy.
+        self.record["all_steps"] = list(dict.fromkeys(
+            step for run in self.runs.values() for step in run.steps))
+
         def write(t):
             run = self.runs[t.name]
             rec = dict(self.record, host=t.name, from_release=run.previous,

@@ -29,10 +29,11 @@ def restart(c, service, hard=False):
     operations.restart(current(), service, hard=hard)
 
 
-@task(help={"service": "service name", "to": "release name, tag or commit to go back to"})
-def rollback(c, service, to=None):
+@task(help={"service": "service name", "to": "release name, tag or commit to go back to",
+            "migrate": "also reverse migrations the target release does not have"})
+def rollback(c, service, to=None, migrate=False):
     """Go back to the previous release on every host: fab rollback:airship[,to=TAG]"""
-    operations.rollback(current(), service, to)
+    operations.rollback(current(), service, to, migrate=migrate)
 
 
 @task(help={"service": "service name"})

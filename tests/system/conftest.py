@@ -81,6 +81,12 @@ def services_yaml(fleet, samples, wheelhouse, tmp: Path) -> dict:
                 "graceful_timeout": 5,
                 "env": {"DJANGO_SETTINGS_MODULE": "airship.settings"},
             },
+            "smart": {  # the same Django sample, for the smart-deploy tests
+                "kind": "django", "repo": str(samples["airship"].origin), "role": "web",
+                "app": "airship.wsgi:application", "port": 8002, "workers": 2,
+                "graceful_timeout": 5,
+                "env": {"DJANGO_SETTINGS_MODULE": "airship.settings"},
+            },
             "skiff": {
                 "kind": "flask", "repo": str(samples["skiff"].origin), "role": "web",
                 "app": "skiff.app:app", "port": 8001, "graceful_timeout": 5,
@@ -89,15 +95,54 @@ def services_yaml(fleet, samples, wheelhouse, tmp: Path) -> dict:
     }
 
 
+def _pg(sql: str, db: str = "postgres") -> str:
+    proc = subprocess.run(["su", "postgres", "-c", f"psql -v ON_ERROR_STOP=1 -qAt -d {db}"],
+                          input=sql, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"psql failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+@dataclass
+class Postgres:
+    host: str = "127.0.0.1"
+    port: int = 5432
+
+    def database(self, name: str) -> str:
+        """A fresh database and role `name`; returns its DATABASE_URL."""
+        _pg(f"DROP DATABASE IF EXISTS {name}; DROP ROLE IF EXISTS {name};"
+            f"CREATE ROLE {name} LOGIN PASSWORD '{name}'; CREATE DATABASE {name} OWNER {name};")
+        return f"postgres://{name}:{name}@{self.host}:{self.port}/{name}"
+
+    def query(self, db: str, sql: str) -> str:
+        return _pg(sql, db)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    """Debian's PostgreSQL on loopback, shared by every host (as in production).
+    Started here if it is not running (scripts/test and .ci/run install it)."""
+    listing = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
+    if listing.returncode != 0 or not listing.stdout.strip():
+        pytest.fail("PostgreSQL is not installed: run the tests through scripts/test "
+                    "(.ci/run installs it)", pytrace=False)
+    version, cluster, _port, status = listing.stdout.split()[:4]
+    if status != "online":
+        subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
+    return Postgres()
+
+
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory):
     return build_repos.build(tmp_path_factory.mktemp("samples"))
 
 
 @pytest.fixture(scope="session")
-def deployenv(fleet, samples, wheelhouse, tmp_path_factory) -> Env:
+def deployenv(fleet, samples, wheelhouse, postgres, tmp_path_factory) -> Env:
     tmp = tmp_path_factory.mktemp("deploy")
     config = tmp / "services.yaml"
-    config.write_text(yaml.safe_dump(services_yaml(fleet, samples, wheelhouse, tmp),
-                                     sort_keys=False))
+    data = services_yaml(fleet, samples, wheelhouse, tmp)
+    data["services"]["airship"]["env"]["DATABASE_URL"] = postgres.database("airship")
+    data["services"]["smart"]["env"]["DATABASE_URL"] = postgres.database("smart")
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     return Env(dir=tmp, config=config, samples=samples, fleet=fleet)
