@@ -28,6 +28,7 @@ from .errors import DeployError, EXIT_USAGE
 
 _CLASSIC = re.compile(r"^(?P<task>[A-Za-z_][\w.-]*):(?P<args>.*)$")
 _TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
 
 
 def split_classic_args(text: str) -> list[str]:
@@ -117,6 +118,8 @@ def rewrite_classic(tokens: list[str], collection: Collection) -> list[str]:
             if arg.kind is bool:
                 if val.lower() in _TRUE:
                     out.append(f"--{arg.name}")
+                elif val.lower() not in _FALSE:
+                    raise ParseError(f"'{tok}': {arg.name} is true or false, not {val!r}")
             elif arg.positional:
                 out.append(val)
             else:
@@ -173,14 +176,17 @@ class DeployProgram(Fab):
     def run(self, argv=None, exit=True):
         try:
             self.create_config()
-            self.parse_core(argv)
-            self.parse_collection()
-            self.parse_tasks()
+            try:
+                self.parse_core(argv)
+                self.parse_collection()
+                self.parse_tasks()
+            except ValueError as e:  # invoke casting a value: --lock-wait abc, limit=abc
+                raise ParseError(f"a value on the command line has the wrong type ({e})") from None
             self.parse_cleanup()
             self.update_config()
             self.execute()
         except ParseError as e:
-            _fail(f"{e}. Run `fab --list` for the tasks and `fab --help TASK` for one task's "
+            _fail(f"{str(e).rstrip('.!')}. Run `fab --list` for the tasks and `fab --help TASK` for one task's "
                   "arguments.", EXIT_USAGE)
         except Exit as e:
             if e.message:
