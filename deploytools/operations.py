@@ -37,7 +37,7 @@ def deploy(session, name: str, ref: str | None = None, *, force: bool = False,
            smart: bool = False) -> dict:
     service, hosts = _service_and_hosts(session, name)
     return Rollout(session, service, hosts, ref=ref, force=force,
-                   action="smart_deploy" if smart else "deploy").run()
+                   action="smart_deploy" if smart else "deploy", smart=smart).run()
 
 
 def plan(session, name: str, ref: str | None = None) -> dict:
