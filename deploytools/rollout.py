@@ -143,13 +143,14 @@ class Rollout:
             try:
                 self._activate(wave)
                 self._gate(i, waves)
-            except DeployError as e:
+            except (DeployError, KeyboardInterrupt) as e:
+                reason = str(e) if isinstance(e, DeployError) else "interrupted (Ctrl-C)"
                 self.record["outcome"] = "rolled_back"
                 self.record["failed_wave"] = i
-                self._roll_back_all(reason=str(e))
+                self._roll_back_all(reason=reason)
                 raise HealthGateFailed(
                     f"wave {i} ({', '.join(wave)}) failed, and every host this deploy touched "
-                    f"was rolled back:\n{e}") from None
+                    f"was rolled back:\n{reason}") from None
             self.say("wave_done", f"wave {i} ok ({time.monotonic() - t0:.1f}s)", wave=i)
         self._prune()
         tag = None

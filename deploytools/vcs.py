@@ -132,7 +132,8 @@ class ServiceRepo:
             refspec = f"{'+' if force else ''}{sha}:refs/heads/{self.service.production_branch}"
             self.repo.git.push("--quiet", "origin", refspec, f"refs/tags/{tag}")
         except git.GitCommandError as e:
-            self.repo.git.tag("-d", tag)
+            if tag in {t.name for t in self.repo.tags}:
+                self.repo.git.tag("-d", tag)  # keep the cache in step with origin
             raise DeployError(f"could not push {self.service.production_branch} and tag {tag} to "
                               f"{self.service.repo}: {(e.stderr or str(e)).strip()}") from None
         return tag
