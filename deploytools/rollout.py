@@ -107,6 +107,9 @@ class Rollout:
         self.release = releases.release_name(commit)
         self.record.update(ref=self.ref or svc.branch, commit=commit, release=self.release,
                            subject=repo.subject(commit))
+        self.publishes = set(self.hosts) == set(svc.hosts)
+        if self.publishes:
+            repo.check_fast_forward(commit, force=self.force)
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
                          f"{self.release} to {', '.join(self.hosts)}",
                  commit=commit, release=self.release, hosts=self.hosts)
@@ -154,7 +157,7 @@ class Rollout:
             self.say("wave_done", f"wave {i} ok ({time.monotonic() - t0:.1f}s)", wave=i)
         self._prune()
         tag = None
-        if set(self.hosts) == set(svc.hosts):
+        if self.publishes:
             tag = repo.publish(self.commit, force=self.force,
                                message=f"{svc.name} {self.release} by {self.record.get('user')}")
             self.record["tag"] = tag
@@ -196,7 +199,7 @@ class Rollout:
             p.steps = plan_mod.decide(self.service, self.commit, changes)
         else:
             p.steps = [plan_mod.Step(s.name, True, "plain deploy: every step runs")
-                       if s.name in ("collectstatic", "migrate") else s
+                       if s.name in ("collectstatic", "migrate", "build") else s
                        for s in plan_mod.decide(self.service, self.commit, changes)]
         self.record["plan"] = p.to_dict()["steps"]
         return p
@@ -256,7 +259,8 @@ class Rollout:
             t0 = time.monotonic()
             r = t.run(releases.stage_script(
                 svc, t.host, self.dir(t), self.release, self.commit, manifest,
-                static="run" if self.plan.runs("collectstatic") else "reuse"),
+                static="run" if self.plan.runs("collectstatic") else "reuse",
+                build="run" if self.plan.runs("build") else "reuse"),
                       what=f"staging {self.release}")
             f = facts(r.stdout)
             run = self.runs[t.name]
@@ -264,7 +268,7 @@ class Rollout:
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
             if "build" in f:
-                run.steps.append("build")
+                run.steps.append("build" if f["build"] == "ran" else "build_reused")
             if "collectstatic" in f:
                 run.steps.append("collectstatic" if f["collectstatic"] == "ran"
                                  else "collectstatic_reused")

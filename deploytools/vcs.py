@@ -27,6 +27,22 @@ def cache_dir() -> Path:
     return Path(base) / "repos"
 
 
+def _fallback_identity(repo: git.Repo) -> dict[str, str]:
+    """Committer env vars for the date tag when this machine has no git identity.
+
+    An annotated tag needs a committer; a fresh CI runner or demo user has none,
+    and failing there would fail a deploy that is already live everywhere.
+    """
+    try:
+        repo.git.var("GIT_COMMITTER_IDENT")
+        return {}
+    except git.GitCommandError:
+        import getpass
+        import socket
+        who = os.environ.get("DEPLOYTOOLS_USER") or getpass.getuser()
+        return {"GIT_COMMITTER_NAME": who, "GIT_COMMITTER_EMAIL": f"{who}@{socket.gethostname()}"}
+
+
 class ServiceRepo:
     """The controller's mirror of one service's repository."""
 
@@ -118,17 +134,23 @@ class ServiceRepo:
         return sorted(t.name for t in self.repo.tags
                       if t.name.startswith(self.service.tag_prefix) and t.commit.hexsha == sha)
 
-    def publish(self, sha: str, *, force: bool = False, message: str = "") -> str:
-        """Move the production branch to `sha` and push a new date tag. Returns the tag."""
+    def check_fast_forward(self, sha: str, *, force: bool = False) -> None:
+        """Refuse (before anything is touched) a deploy that would move production back."""
         head = self.production_head()
         if head and head != sha and not force and not self.is_ancestor(head, sha):
-            raise DeployError(
+            raise UsageError(
                 f"{self.service.production_branch} ({head[:7]}) is not an ancestor of {sha[:7]}: "
-                "moving it would not be a fast-forward. Deploy a commit that contains the live "
-                "one, or pass force=true to move it anyway.")
+                "moving it there would not be a fast-forward. Deploy a commit that contains the "
+                f"live one, use `fab rollback:{self.service.name},to=...` to go back, or pass "
+                "force=true to deploy it anyway.")
+
+    def publish(self, sha: str, *, force: bool = False, message: str = "") -> str:
+        """Move the production branch to `sha` and push a new date tag. Returns the tag."""
+        self.check_fast_forward(sha, force=force)
         tag = self.next_tag()
         try:
-            self.repo.git.tag("-a", tag, sha, "-m", message or f"deployed {sha[:7]}")
+            with self.repo.git.custom_environment(**_fallback_identity(self.repo)):
+                self.repo.git.tag("-a", tag, sha, "-m", message or f"deployed {sha[:7]}")
             refspec = f"{'+' if force else ''}{sha}:refs/heads/{self.service.production_branch}"
             self.repo.git.push("--quiet", "origin", refspec, f"refs/tags/{tag}")
         except git.GitCommandError as e:
