@@ -25,6 +25,7 @@ from invoke.exceptions import Exit, ParseError, UnexpectedExit
 from . import __version__
 from . import session as session_mod
 from .errors import DeployError, EXIT_USAGE
+from .inventory import connection_pool
 
 _CLASSIC = re.compile(r"^(?P<task>[A-Za-z_][\w.-]*):(?P<args>.*)$")
 _TRUE = {"1", "true", "yes", "y", "on"}
@@ -171,7 +172,8 @@ class DeployProgram(Fab):
         session_mod.begin(config_path=self.args["services"].value or os.environ.get("DEPLOYTOOLS_CONFIG"),
                           json_mode=json_mode, debug=self._debug,
                           lock_wait=float(self.args["lock-wait"].value or 0))
-        super().execute()
+        with connection_pool():
+            super().execute()
 
     def run(self, argv=None, exit=True):
         try:

@@ -8,11 +8,14 @@ command.
 from __future__ import annotations
 
 import os
+import select
 import shlex
+import signal
 import socket
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
@@ -67,6 +70,13 @@ class Target:
     def _exec(self, script: str, timeout: float | None) -> Result:
         raise NotImplementedError
 
+    def stream(self, script: str, on_line: Callable[[str], None], *,
+               stop: threading.Event | None = None) -> int | None:
+        """Run `script` and call `on_line` with each line of its output (stdout and
+        stderr together) as it arrives, until it exits or `stop` is set, which
+        ends it. Returns its exit status, or None when stopped."""
+        raise NotImplementedError
+
     def put(self, data: bytes | str, path: str, mode: int = 0o644) -> None:
         raise NotImplementedError
 
@@ -101,6 +111,28 @@ class LocalTarget(Target):
 
     def get(self, path: str) -> bytes:
         return Path(path).read_bytes()
+
+    def stream(self, script, on_line, *, stop=None):
+        # Its own session, so stopping kills the whole script, not just bash.
+        proc = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + script],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        fd = proc.stdout.fileno()
+
+        def read():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            return os.read(fd, 65536) if ready else None
+        try:
+            finished = _pump(read, on_line, stop)
+        finally:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+            proc.stdout.close()
+        return proc.returncode if finished else None
 
 
 class SSHTarget(Target):
@@ -173,6 +205,34 @@ class SSHTarget(Target):
                                    host=self.name) from None
         return Result(self.name, script, r.stdout, r.stderr, r.exited)
 
+    def stream(self, script, on_line, *, stop=None):
+        import paramiko
+        conn = self._connection()
+        try:
+            chan = conn.create_session()
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
+                                   host=self.name) from None
+
+        def read():
+            try:
+                return chan.recv(65536)
+            except socket.timeout:
+                return None
+        try:
+            # A pty, so closing the channel hangs up the remote command (sshd
+            # sends it SIGHUP); without one a quiet `tail -F` would outlive us.
+            chan.get_pty(term="dumb", width=4096)
+            chan.settimeout(0.2)
+            chan.exec_command("bash -c " + shlex.quote("set -euo pipefail\n" + script))
+            finished = _pump(read, on_line, stop)
+            return chan.recv_exit_status() if finished else None
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
+                                   host=self.name) from None
+        finally:
+            chan.close()
+
     def put(self, data: bytes | str, path: str, mode: int = 0o644) -> None:
         import io
         raw = data.encode() if isinstance(data, str) else data
@@ -192,16 +252,59 @@ class SSHTarget(Target):
             self._conn = None
 
 
+def _pump(read: Callable[[], bytes | None], on_line: Callable[[str], None],
+          stop: threading.Event | None) -> bool:
+    """Feed lines from `read` (bytes, None when nothing came, b"" at the end) to
+    `on_line` until the end (True) or until `stop` is set (False)."""
+    buf = b""
+    while not (stop and stop.is_set()):
+        data = read()
+        if data is None:
+            continue
+        if not data:
+            if buf:
+                on_line(buf.rstrip(b"\r").decode("utf-8", "replace"))
+            return True
+        *lines, buf = (buf + data).split(b"\n")
+        for line in lines:
+            on_line(line.rstrip(b"\r").decode("utf-8", "replace"))
+    return False
+
+
 def target_for(host, ssh) -> Target:
     return LocalTarget(host) if host.local else SSHTarget(host, ssh)
 
 
+_POOL: dict | None = None
+
+
+@contextmanager
+def connection_pool():
+    """Within this block every Fleet reuses one connection per host, so a command
+    line of several tasks (`host:web-0 deploy:x restart:x`) connects once."""
+    global _POOL
+    outer, _POOL = _POOL, {}
+    try:
+        yield
+    finally:
+        pool, _POOL = _POOL, outer
+        for target in pool.values():
+            target.close()
+
+
 class Fleet:
-    """The targets of one command: one connection per host, reused, closed at the end."""
+    """The targets of one task: one connection per host, reused, closed at the end
+    (or, inside `connection_pool()`, at the end of the command line)."""
 
     def __init__(self, config, names: Iterable[str]):
         self.config = config
-        self.targets = {n: target_for(config.hosts[n], config.ssh) for n in names}
+        self.pooled = _POOL is not None
+        if self.pooled:
+            self.targets = {n: _POOL.setdefault((n, config.hosts[n]),
+                                                target_for(config.hosts[n], config.ssh))
+                            for n in names}
+        else:
+            self.targets = {n: target_for(config.hosts[n], config.ssh) for n in names}
 
     def __getitem__(self, name: str) -> Target:
         return self.targets[name]
@@ -214,8 +317,9 @@ class Fleet:
         return list(self.targets)
 
     def close(self) -> None:
-        for t in self.targets.values():
-            t.close()
+        if not self.pooled:
+            for t in self.targets.values():
+                t.close()
 
     def __enter__(self):
         return self
