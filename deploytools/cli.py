@@ -106,6 +106,9 @@ def rewrite_classic(tokens: list[str], collection: Collection) -> list[str]:
             key, eq, val = value.partition("=")
             if eq and key.replace("-", "_") in by_name:
                 arg = by_name[key.replace("-", "_")]
+            elif eq and re.fullmatch(r"[A-Za-z_][\w-]*", key):  # a typo must not become a value
+                raise ParseError(f"'{tok}': {task_name} has no argument {key!r} (its arguments: "
+                                 f"{', '.join(a.name for a in args)})")
             else:
                 key, val = None, value
                 if pos_i < len(positional):

@@ -42,6 +42,7 @@ def test_classic_false_values_give_no_flag(value):
     (["nosuchtask:airship"], "No idea what 'nosuchtask:airship' is."),
     (["deploy"], "did not receive required positional arguments: 'service'"),
     (["status:airship,extra"], "has more values than status takes"),
+    (["deploy:airship,refs=v2"], "deploy has no argument 'refs'"),  # not taken as a value
 ])
 def test_bad_command_lines_are_usage_errors(argv, needle, capsys, tmp_path, monkeypatch):
     code, err = run_fab(argv, capsys, tmp_path, monkeypatch)
