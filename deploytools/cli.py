@@ -139,8 +139,9 @@ class DeployProgram(Fab):
         self._debug = False
 
     def print_version(self):
-        print(f"deploytools {__version__}")
-        super().print_version()
+        super().print_version()  # "deploytools X", then Paramiko's and Invoke's
+        import fabric
+        print(f"Fabric {fabric.__version__}")
 
     def core_args(self):
         return super().core_args() + [
