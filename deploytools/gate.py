@@ -3,10 +3,19 @@
 Counts come from each host's gunicorn access log over the window (real user
 traffic) plus the tool's own probes (a failed connection is an error). The
 probe path is left out of the log counts so probes are not counted twice.
+
+The window is whole seconds, [start, end), for both sources: access-log
+times have one-second resolution, so a window that began mid-second would
+count the end of the warm-up (log times are the hosts' clocks: keep them in
+sync, as NTP does). Each check reads the logs from the byte each one had
+reached when the wave's warm-up began, not a fixed tail, which a busy host
+outgrows. An access log that cannot be read fails the gate: no evidence is
+not evidence of health.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -14,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 import requests
 
 from . import health
+from .errors import HealthGateFailed
 from .script import q
 
 
@@ -44,7 +54,8 @@ class Prober:
                 ok = session.get(self.urls[name], timeout=self.timeout).status_code < 500
             except requests.RequestException:
                 ok = False
-            self.samples[name].append((t, ok))
+            # Stamped when the answer came, as gunicorn stamps its access-log lines.
+            self.samples[name].append((time.time(), ok))
             self._stop.wait(max(0.0, self.interval - (time.time() - t)))
 
     def start(self) -> "Prober":
@@ -65,24 +76,62 @@ class Prober:
         return total
 
 
-def log_counts(fleet, service, names, start: float, end: float) -> health.Counts:
-    """Errors and requests in the hosts' access logs in [start, end), probes excluded."""
-    from .inventory import each
-    begin = datetime.fromtimestamp(int(start), timezone.utc)
-    finish = datetime.fromtimestamp(int(end), timezone.utc)  # log times are whole seconds
+def log_size_script(path: str) -> str:
+    return f"stat -c %s {q(path)} 2>/dev/null || echo 0"
 
-    def read(t):
-        path = f"{service.dir_on(t.host)}/log/access.log"
-        return t.run(f"tail -c 8000000 {q(path)} 2>/dev/null || true", what="reading access log").stdout
-    out, errors = each([fleet[n] for n in names], read, parallel=service.parallel)
-    if errors:
-        # An unreadable log is no evidence of health: count the host as failing.
-        return health.Counts(len(errors), len(errors))
-    total = health.Counts(0, 0)
-    for text in out.values():
-        total = total + health.count_window(text.splitlines(), begin, finish,
-                                            exclude_paths=(service.health.path,))
-    return total
+
+def log_read_script(path: str, offset: int) -> str:
+    """The log from byte `offset` on; all of it if it shrank (rotated); nothing if absent."""
+    p = q(path)
+    return (f"[ -f {p} ] || exit 0\n"
+            f"off={int(offset)}; [ \"$(stat -c %s {p})\" -ge \"$off\" ] || off=0\n"
+            f"tail -c +$((off + 1)) {p}\n")
+
+
+class AccessLogs:
+    """The hosts' access logs, read from where each one stood when the window opened."""
+
+    def __init__(self, fleet, service, names):
+        from .inventory import each
+        self.fleet, self.service, self._each = fleet, service, each
+        sizes = self._run(names, lambda t, path: log_size_script(path), "sizing")
+        self.offsets = {n: int(out.strip() or 0) for n, out in sizes.items()}
+
+    def _path(self, t) -> str:
+        return f"{self.service.dir_on(t.host)}/log/access.log"
+
+    def _run(self, names, script, what: str) -> dict[str, str]:
+        out, errors = self._each(
+            [self.fleet[n] for n in names],
+            lambda t: t.run(script(t, self._path(t)), what=f"{what} the access log").stdout,
+            parallel=self.service.parallel)
+        if errors:
+            raise HealthGateFailed(
+                "cannot read the access log, so the gate has no evidence: "
+                + "; ".join(f"{n}: {e}" for n, e in errors.items()))
+        return out
+
+    def counts(self, names, start: int, end: int) -> dict[str, health.Counts]:
+        """Each host's errors and requests logged in [start, end), probes (the health path)
+        excluded."""
+        begin = datetime.fromtimestamp(start, timezone.utc)
+        finish = datetime.fromtimestamp(end, timezone.utc)
+        texts = self._run(names, lambda t, path: log_read_script(path, self.offsets[t.name]),
+                          "reading")
+        return {n: health.count_window(text.splitlines(), begin, finish,
+                                       exclude_paths=(self.service.health.path,))
+                for n, text in texts.items()}
+
+
+def pool(counts: dict, names) -> health.Counts:
+    """The counts of `names` added up (hosts of a wave, log plus probes)."""
+    return sum((counts[n] for n in names), health.Counts(0, 0))
+
+
+def per_host(log: dict, probes: dict) -> dict:
+    """{host: {"log": [errors, requests], "probes": [errors, requests]}}, for the record."""
+    return {n: {"log": [log[n].errors, log[n].requests],
+                "probes": [probes[n].errors, probes[n].requests]} for n in log}
 
 
 def bake(fleet, service, new: list[str], old: list[str], say) -> health.Verdict:
@@ -96,28 +145,34 @@ def bake(fleet, service, new: list[str], old: list[str], say) -> health.Verdict:
     hosts = {n: fleet[n].host for n in new + old}
     prober = Prober(service, hosts, settings.probe_interval).start()
     try:
-        time.sleep(settings.warmup)
-        start = time.time()
-        deadline = start + settings.bake
+        began = time.time()
+        # Where each log stands now: lines after it that fall in the window are counted.
+        logs = AccessLogs(fleet, service, new + old)
+        time.sleep(max(0.0, settings.warmup - (time.time() - began)))
+        # Whole seconds (see the module docstring); the bake is rounded up to them.
+        start = math.ceil(time.time())
+        deadline = start + math.ceil(settings.bake)
         step = max(1.0, settings.bake / 4)
         extensions = 0
         while True:
-            now = min(time.time() + step, deadline)
-            time.sleep(max(0.0, now - time.time()))
+            time.sleep(max(0.0, min(time.time() + step, deadline) - time.time()))
             now = time.time()
             final = now >= deadline
-            c = prober.counts(new, start, now) + log_counts(fleet, service, new, start, now)
-            b = None
-            if old:
-                b = prober.counts(old, start, now) + log_counts(fleet, service, old, start, now)
+            end = math.floor(now)
+            log = logs.counts(new + old, start, end)
+            probes = {n: prober.counts([n], start, end) for n in new + old}
+            c = pool(log, new) + pool(probes, new)
+            b = pool(log, old) + pool(probes, old) if old else None
             verdict = health.judge(c, b, settings, final=final)
+            verdict = dataclasses.replace(verdict, figures={
+                **verdict.figures, "window": [start, end], "hosts": per_host(log, probes)})
             if verdict.outcome == "fail":
                 return verdict
             if final:
                 action = health.next_step(verdict, extensions, settings)
                 if action == "extend":
                     extensions += 1
-                    deadline += settings.bake
+                    deadline += math.ceil(settings.bake)
                     say("gate_extend", f"    inconclusive, extending the bake ({verdict.reason})",
                         figures=verdict.figures)
                     continue

@@ -305,13 +305,15 @@ class Rollout:
 
     def _gate(self, i: int, waves: list[list[str]]) -> None:
         new = [h for w in waves[:i] for h in w]
-        old = [h for w in waves[i:] for h in w]
+        # A host with nothing deployed yet is no baseline: every probe of it fails.
+        old = [h for w in waves[i:] for h in w if self.runs[h].previous]
         verdict = gate.bake(self.fleet, self.service, new, old, self.say)
         f = verdict.figures
         self.record.setdefault("gates", []).append(
             {"wave": i, "outcome": verdict.outcome, "reason": verdict.reason, "figures": f})
         self.say("gate", f"  gate {i}: {verdict.outcome.upper()}: new {f.get('e_c')}/{f.get('n_c')} "
-                         f"errors, baseline {f.get('e_b')}/{f.get('n_b')}: {verdict.reason}",
+                         f"errors, " + (f"baseline {f['e_b']}/{f['n_b']}" if f.get("n_b") is not None
+                                         else "no baseline") + f": {verdict.reason}",
                  wave=i, outcome=verdict.outcome, figures=f)
         if verdict.outcome == "fail":
             raise HealthGateFailed(f"error-rate gate after wave {i} failed: {verdict.reason}")
