@@ -21,6 +21,14 @@ from .errors import DeployError, UsageError
 _SAFE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@{}^~+-]*$")
 
 
+def _git_message(e: git.GitCommandError) -> str:
+    """git's own words from a GitCommandError, on one line (GitPython wraps them
+    as "\n  stderr: '...'")."""
+    text = (e.stderr or str(e)).strip()
+    text = re.sub(r"^stderr:\s*", "", text).strip().strip("'").strip()
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def cache_dir() -> Path:
     base = os.environ.get("DEPLOYTOOLS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deploytools")
@@ -67,7 +75,7 @@ class ServiceRepo:
         except git.GitCommandError as e:
             raise DeployError(
                 f"could not fetch {self.service.name}'s repository {self.service.repo}: "
-                f"{(e.stderr or str(e)).strip()}. Check `repo:` in services.yaml and that "
+                f"{_git_message(e)}. Check `repo:` in services.yaml and that "
                 "this machine can read it.") from None
         return self
 
@@ -157,5 +165,5 @@ class ServiceRepo:
             if tag in {t.name for t in self.repo.tags}:
                 self.repo.git.tag("-d", tag)  # keep the cache in step with origin
             raise DeployError(f"could not push {self.service.production_branch} and tag {tag} to "
-                              f"{self.service.repo}: {(e.stderr or str(e)).strip()}") from None
+                              f"{self.service.repo}: {_git_message(e)}") from None
         return tag
