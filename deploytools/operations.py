@@ -323,12 +323,8 @@ def history(session, name: str, limit: int = 20) -> list[dict]:
             entry = merged.setdefault(key, dict(rec, hosts_seen=[]))
             entry["hosts_seen"].append(h)
     rows = sorted(merged.values(), key=lambda r: r.get("started") or "")[-limit:]
-    table = [{"when": r.get("started"), "who": r.get("user"), "action": r.get("action"),
-              "from": (r.get("from_commit") or "")[:7], "to": (r.get("commit") or "")[:7],
-              "tag": r.get("tag"), "outcome": r.get("outcome"),
-              "secs": r.get("duration"), "hosts": ",".join(r["hosts_seen"])} for r in rows]
-    session.reporter.table(table, ["when", "who", "action", "from", "to", "tag", "outcome",
-                                   "secs", "hosts"])
+    session.reporter.table([lock_mod.history_row(r) for r in rows],
+                           list(lock_mod.HISTORY_COLUMNS))
     for r in rows:
         session.reporter.event("history", "", **{k: v for k, v in r.items() if k != "hosts_seen"},
                                hosts_seen=r["hosts_seen"])

@@ -123,7 +123,7 @@ class Rollout:
                 outcome = self._locked(repo)
             except BaseException as e:
                 self.record.setdefault("outcome", "failed")
-                self.record["error"] = str(e)
+                self.record["error"] = str(e) or "interrupted (Ctrl-C)"
                 raise
             finally:
                 self.record["duration"] = round(time.monotonic() - self.started, 2)

@@ -1,0 +1,172 @@
+"""The deploy lock on `local: true` hosts (real files, real bash): who holds it,
+refusals that name the holder, heartbeats, stale locks, release on failure."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deploytools import config as config_mod
+from deploytools.errors import LockedError
+from deploytools.inventory import Fleet
+from deploytools.lock import FleetLock, parse_holder, staleness
+
+YAML = """
+hosts:
+  h0: {{local: true, address: 127.0.0.1, root: {root}/h0}}
+  h1: {{local: true, address: 127.0.0.2, root: {root}/h1}}
+services:
+  svc: {{kind: command, command: "sleep 1", repo: /nonexistent.git, hosts: [h0, h1], port: 9000}}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    cfg = config_mod.parse(YAML.format(root=tmp_path), str(tmp_path / "services.yaml"),
+                           str(tmp_path))
+    fleet = Fleet(cfg, ["h0", "h1"])
+    yield cfg.service("svc"), fleet, tmp_path
+    fleet.close()
+
+
+def lock_file(tmp_path, host):
+    return tmp_path / host / "svc" / ".lock"
+
+
+def test_second_lock_is_refused_naming_the_holder(setup, monkeypatch):
+    service, fleet, tmp = setup
+    monkeypatch.setenv("DEPLOYTOOLS_USER", "alice")
+    first = FleetLock(fleet, service, "deploy")
+    first.acquire()
+    try:
+        holder = json.loads(lock_file(tmp, "h0").read_text())
+        assert holder["user"] == "alice" and holder["pid"] == os.getpid()
+        monkeypatch.setenv("DEPLOYTOOLS_USER", "bob")
+        with pytest.raises(LockedError) as e:
+            FleetLock(fleet, service, "deploy").acquire()
+        msg = str(e.value)
+        assert e.value.exit_code == 4
+        assert "alice" in msg and f"pid {os.getpid()}" in msg and holder["started"] in msg
+        assert "stale" not in msg
+        assert json.loads(lock_file(tmp, "h0").read_text())["id"] == first.owner["id"]
+    finally:
+        first.release()
+    assert not lock_file(tmp, "h0").exists() and not lock_file(tmp, "h1").exists()
+
+
+def test_failing_on_a_later_host_releases_the_earlier_ones(setup):
+    service, fleet, tmp = setup
+    other = FleetLock(Fleet(fleet.config, ["h1"]), service, "deploy")
+    other.acquire()
+    try:
+        with pytest.raises(LockedError):
+            FleetLock(fleet, service, "deploy").acquire()
+        assert not lock_file(tmp, "h0").exists()  # taken, then given back
+    finally:
+        other.release()
+
+
+def test_lock_wait_gets_the_lock_once_it_is_released(setup):
+    service, fleet, tmp = setup
+    first = FleetLock(fleet, service, "deploy")
+    first.acquire()
+    import threading
+    threading.Timer(1.0, first.release).start()
+    second = FleetLock(fleet, service, "deploy", wait=10)
+    t0 = time.monotonic()
+    second.acquire()
+    assert 0.8 < time.monotonic() - t0 < 5
+    assert json.loads(lock_file(tmp, "h1").read_text())["id"] == second.owner["id"]
+    second.release()
+
+
+def test_heartbeat_touches_every_lock_file(setup, monkeypatch):
+    service, fleet, tmp = setup
+    monkeypatch.setenv("DEPLOYTOOLS_LOCK_HEARTBEAT", "0.3")
+    lock = FleetLock(fleet, service, "deploy")
+    lock.acquire()
+    try:
+        for h in ("h0", "h1"):
+            os.utime(lock_file(tmp, h), (time.time() - 100, time.time() - 100))
+        time.sleep(1.0)
+        for h in ("h0", "h1"):
+            assert time.time() - lock_file(tmp, h).stat().st_mtime < 1.0
+    finally:
+        lock.release()
+    time.sleep(0.5)  # the heartbeat is stopped: it must not bring the file back
+    assert not lock_file(tmp, "h0").exists()
+
+
+def test_lock_of_a_dead_process_is_stale(setup):
+    service, fleet, tmp = setup
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = FleetLock(fleet, service, "deploy").owner
+    holder.update(pid=dead.pid, proc_start=None, user="carol")
+    for h in ("h0", "h1"):
+        lock_file(tmp, h).parent.mkdir(parents=True)
+        lock_file(tmp, h).write_text(json.dumps(holder) + "\n")
+    with pytest.raises(LockedError) as e:
+        FleetLock(fleet, service, "deploy", wait=30).acquire()  # no waiting for the dead
+    msg = str(e.value)
+    assert "stale" in msg and f"process {dead.pid}" in msg and "fab unlock:svc" in msg
+    assert "carol" in msg
+
+
+def test_lock_with_an_old_heartbeat_from_elsewhere_is_stale(setup):
+    service, fleet, tmp = setup
+    holder = dict(FleetLock(fleet, service, "deploy").owner, controller="elsewhere", heartbeat=5)
+    path = lock_file(tmp, "h0")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(holder) + "\n")
+    with pytest.raises(LockedError) as e:
+        FleetLock(fleet, service, "deploy").acquire()
+    assert "stale" not in str(e.value)  # fresh heartbeat: a live deploy elsewhere
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    with pytest.raises(LockedError) as e:
+        FleetLock(fleet, service, "deploy").acquire()
+    assert "stale" in str(e.value) and "no heartbeat for 60s" in str(e.value)
+
+
+@pytest.mark.parametrize("holder, stale", [
+    ({"controller": "me", "pid": 1, "age": 100, "heartbeat": 5}, None),  # alive here: no matter the beat
+    ({"controller": "me", "pid": 99, "age": 1, "heartbeat": 5}, "its process 99 on me is gone"),
+    ({"controller": "other", "pid": 99, "age": 14, "heartbeat": 5}, None),  # can't see its pid
+    ({"controller": "other", "pid": 99, "age": 16, "heartbeat": 5},
+     "no heartbeat for 16s (it beats every 5s)"),
+    ({"controller": "other", "pid": 99, "age": 4, "heartbeat": 1}, "no heartbeat for 4s (it beats every 1s)"),
+    ({"raw": "garbage", "age": 3}, None),
+    ({"raw": "garbage", "age": 300}, "no heartbeat for 300s (it beats every 5s)"),
+])
+def test_staleness(holder, stale):
+    assert staleness(holder, hostname="me", alive=lambda pid, start: pid == 1) == stale
+
+
+def test_parse_holder():
+    assert parse_holder("@@lock acquired\n") is None
+    h = parse_holder('@@lock held\n@@age 7\n@@holder {"user": "a", "pid": 3}\n')
+    assert h == {"user": "a", "pid": 3, "age": 7.0}
+    assert parse_holder("@@lock held\n@@age 0\n@@holder \n")["retry"]
+    assert parse_holder("@@lock held\n@@age 2\n@@holder nonsense\n") == {"raw": "nonsense", "age": 2.0}
+
+
+def test_history_row_shows_steps_and_gate_figures():
+    from deploytools.lock import HISTORY_COLUMNS, history_row
+    rec = {"started": "2026-01-01T00:00:00+00:00", "user": "ci", "action": "deploy",
+           "from_commit": "a" * 40, "commit": "b" * 40, "tag": "production-2026-01-01",
+           "outcome": "success", "duration": 12.5, "hosts_seen": ["web-0", "web-1"],
+           "steps": ["fetch", "venv_reused", "activate_reload"],
+           "gates": [{"wave": 1, "outcome": "pass", "figures": {"e_c": 0, "n_c": 120, "e_b": 1,
+                                                                "n_b": 360}},
+                     {"wave": 2, "outcome": "inconclusive",
+                      "figures": {"e_c": 0, "n_c": 40, "e_b": None, "n_b": None}}]}
+    row = history_row(rec)
+    assert list(row) == list(HISTORY_COLUMNS)
+    assert row == {"when": "2026-01-01T00:00:00+00:00", "who": "ci", "action": "deploy",
+                   "from": "aaaaaaa", "to": "bbbbbbb", "tag": "production-2026-01-01",
+                   "outcome": "success", "secs": 12.5, "hosts": "web-0,web-1",
+                   "steps": "fetch,venv_reused,activate_reload",
+                   "gates": "1:pass 0/120 vs 1/360; 2:inconclusive 0/40"}
+    assert history_row({"action": "rollback", "commit": "abc1234", "host": "web-2"})["hosts"] == "web-2"
