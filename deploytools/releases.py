@@ -44,7 +44,9 @@ def setup_script(service, host, dir: str) -> str:
     """Provision a service's environment on a host: idempotent."""
     return (layout_script(dir) + venv.tools_script(service, dir)
             + service_files_script(service, host, dir, supervisord_next=False)
-            + supervisor.ensure_running_script(dir))
+            + supervisor.ensure_running_script(dir)
+            # init.d script and systemd unit into /etc when root (see templates/ctl.j2)
+            + f"{q(dir)}/bin/ctl link-system\n")
 
 
 def mirror_script(service, dir: str, commit: str) -> str:

@@ -322,6 +322,9 @@ Subsystem sftp internal-sftp
 # deploys open many channels and connections at once
 MaxSessions 50
 MaxStartups 50
+# the hosts share the controller's /etc: `setup` links init.d scripts and
+# systemd units under this host's own /srv instead (templates/ctl.j2)
+SetEnv DEPLOYTOOLS_SYSTEM_ROOT=/srv/.system
 LoginGraceTime 30
 LogLevel INFO
 """
