@@ -54,6 +54,7 @@ class _Required:
 
 REQUIRED: Any = _Required()  # a Setting default: the key must be given
 _DJANGO_ONLY: Any = type("_DjangoOnly", (), {"__repr__": lambda self: "true for django"})()
+_BY_KIND: Any = type("_ByKind", (), {"__repr__": lambda self: "depends on the kind"})()
 
 
 class Type:
@@ -333,7 +334,9 @@ HEALTH = _settings(
                                            lambda v: v.startswith("/") and " " not in v),
             "Path probed on the host's address and the service's port after every activation."),
     Setting("timeout", NUMBER, 5.0, positive,
-            "Seconds until a host must answer the probe (also the timeout of each request)."),
+            "Seconds until a host must answer the probe after an activation (also the timeout "
+            "of each request). Kind command waits longer by default: a JVM starts slowly.",
+            doc_default="`5`; `30` for command"),
     Setting("interval", NUMBER, 0.5, positive, "Seconds between probes while waiting."),
     Setting("expect_status", STATUS, 200, _status,
             "Status a ready host answers: a code, or `\"2xx\"` for any 2xx."),
@@ -371,6 +374,31 @@ GATE = _settings(
 KINDS = ("django", "flask", "wsgi", "command")
 WSGI_KINDS = ("django", "flask", "wsgi")
 RELOAD_SIGNALS = ("HUP", "USR1", "USR2", "TERM", "restart")
+# Defaults that differ by kind. gunicorn reloads gracefully on HUP; any other
+# program is restarted unless it says how it reloads (a JVM, for one, exits on HUP).
+# And a program may start slowly (a JVM, a big app): readiness waits longer for it.
+RELOAD_DEFAULT = {"command": "restart"}  # else HUP
+HEALTH_TIMEOUT_DEFAULT = {"command": 30.0}  # else HEALTH["timeout"].default
+
+
+def pathspec(value: str) -> None:
+    """A build input: a path or glob relative to the repository."""
+    if value.strip() == "" or value.startswith(("/", "~", ":")) or ".." in value.split("/"):
+        raise ValueError(f"expected a path or glob relative to the repository such as src/ or "
+                         f"*.java, got {_show(value)}")
+
+
+pathspec.expect = "a path or glob relative to the repository"  # type: ignore[attr-defined]
+
+
+def build_output(value: str) -> None:
+    relative_path(value)
+    if any(c in value for c in "*?[") or value.strip("/") in ("", ".", ".deploy", "REVISION"):
+        raise ValueError(f"expected a file or directory the build writes in the release, such "
+                         f"as build/, got {_show(value)}")
+
+
+build_output.expect = "a path in the release, such as build/"  # type: ignore[attr-defined]
 
 SERVICE = _settings(
     Setting("kind", STR, REQUIRED, one_of(*KINDS),
@@ -392,11 +420,36 @@ SERVICE = _settings(
     Setting("app", STR, None, app_ref,
             "WSGI application, `module:callable`. Required for django, flask and wsgi; not "
             "allowed for command.", doc_default="required unless command"),
-    Setting("command", STR, None, nonblank,
-            "Command line that runs the service from its release directory. Required for kind "
-            "command, not allowed otherwise.", doc_default="required for command"),
+    Setting("command", STR, None, _rule("a single line of shell", lambda v: v.strip() != ""
+                                        and "\n" not in v and "\0" not in v),
+            "Command line that runs the service: `/bin/sh` execs it in `<dir>/current` (so the "
+            "program itself gets supervisord's signals; put anything more complex in a script "
+            "in the repository), with `env` plus `HOST` (the address of `bind`, by default the "
+            "host's) and `PORT` in its environment. It must stay in the foreground and listen "
+            "on `HOST:PORT`. Its output goes to `log/<service>.log`, where the canary gate "
+            "counts access lines "
+            "(`<ISO 8601 time> <client> \"<request line>\" <status> <bytes>`, or gunicorn's "
+            "format). Required for kind command, not allowed otherwise.",
+            doc_default="required for command"),
     Setting("build", STR, None, nonblank,
-            "Shell command run in the release directory while staging (kind command only)."),
+            "Shell command run in the release directory while staging (kind command only), "
+            "with the release's environment; if it fails, the deploy stops before any host "
+            "switches, with its output in the error."),
+    Setting("build_inputs", ListOf("list of paths and globs",
+                                   Setting("", STR, REQUIRED, pathspec), unique=True),
+            None, None,
+            "Files that affect the build, as git pathspecs: `src/` (or `src`) covers a "
+            "directory, `*.java` any Java file (`*` also crosses `/`). A smart deploy reuses "
+            "the live release's `build_outputs` when no file between the live commit and the "
+            "target matches (kind command only).", doc_default="every file"),
+    Setting("build_outputs", ListOf("list of paths", Setting("", PATH, REQUIRED, build_output),
+                                    unique=True),
+            None, None,
+            "What `build` makes in the release, e.g. `[build/]`: what a smart deploy hard-links "
+            "(`cp -al`) from the live release instead of building, when the build inputs, the "
+            "`build` command and the environment are unchanged. Unset: always build. The build "
+            "must replace these files, not edit them in place (the links are shared).",
+            doc_default="unset: always build"),
     Setting("port", INT, REQUIRED, port_number,
             "Port the service listens on; health checks connect to the host's address and "
             "this port."),
@@ -410,12 +463,15 @@ SERVICE = _settings(
             None, None,
             "Environment variables. Scalars are taken as written (`010` stays `010`, `yes` "
             "stays `yes`); an empty value must be written `\"\"`.", doc_default="`{}`"),
-    Setting("workers", INT, 2, at_least(1), "gunicorn worker processes."),
+    Setting("workers", INT, 2, at_least(1), "gunicorn worker processes (not for kind command)."),
     Setting("graceful_timeout", INT, 30, at_least(1),
             "Seconds a worker gets to finish its requests on a reload or a stop."),
-    Setting("reload_signal", STR, "HUP", one_of(*RELOAD_SIGNALS),
+    Setting("reload_signal", STR, _BY_KIND, one_of(*RELOAD_SIGNALS),
             "Signal sent to the service's main process to load a new release, or `restart` to "
-            "stop and start it instead."),
+            "stop and start it instead. gunicorn reloads gracefully on `HUP`; a `command` "
+            "program is restarted unless you name the signal it reloads on (a JVM exits on "
+            "HUP). A restart is always used when the virtualenv or environment changed.",
+            doc_default="`\"HUP\"`; `\"restart\"` for command"),
     Setting("migrate", BOOL, _DJANGO_ONLY, None,
             "Run `manage.py migrate` once per deploy, before the canary (django only).",
             doc_default="true for django"),
@@ -552,6 +608,8 @@ class Service:
     app: str | None
     command: str | None
     build: str | None
+    build_inputs: tuple[str, ...] | None  # None: every file is a build input
+    build_outputs: tuple[str, ...] | None  # None: a build is never reused
     port: int
     bind: str | None  # None: <host address>:<port>, see bind_on()
     requirements: str | None
@@ -577,6 +635,12 @@ class Service:
     def bind_on(self, host: Host) -> str:
         """The ADDRESS:PORT the service listens on, on `host`."""
         return self.bind or f"{host.address}:{self.port}"
+
+    @property
+    def access_log(self) -> str:
+        """Where its access lines are, relative to its directory: gunicorn's access log,
+        or for kind command the program's own output (supervisord's capture of it)."""
+        return f"log/{self.name}.log" if self.kind == "command" else "log/access.log"
 
 
 @dataclass(frozen=True)
@@ -998,12 +1062,24 @@ def _service(r: _Reader, name: str, m: _Map, line: int, defaults: Mapping[str, A
                           "(e.g. app: myproject.wsgi:application).", line)
         forbid("command", f"for kind {kind}: gunicorn runs `app`; use kind: command to run "
                           "your own program")
-        forbid("build", f"for kind {kind} (only for kind command)")
+        for key in ("build", "build_inputs", "build_outputs"):
+            forbid(key, f"for kind {kind} (only for kind command)")
     else:
         if v["command"] is None:
             r.fail(where, "missing 'command', the command line that runs a service of kind "
                           "command.", line)
         forbid("app", "for kind command (it takes `command`)")
+        if "workers" in given:
+            r.fail(f"{where}.workers", "not allowed for kind command: it is gunicorn's number "
+                                       "of workers; your command starts its own.",
+                   lines["workers"])
+        if v["build"] is None:
+            for key in ("build_inputs", "build_outputs"):
+                if v[key] is not None:
+                    r.fail(f"{where}.{key}", "needs `build`: it describes the build step.",
+                           lines[key])
+    if v["reload_signal"] is _BY_KIND:
+        v["reload_signal"] = RELOAD_DEFAULT.get(kind, "HUP")
     for key in ("migrate", "collectstatic"):
         if v[key] is _DJANGO_ONLY:
             v[key] = kind == "django"
@@ -1036,7 +1112,10 @@ def _service(r: _Reader, name: str, m: _Map, line: int, defaults: Mapping[str, A
                                 f"{v['port']} (health checks use it).", lines["bind"])
     if _URL.match(v["repo"]) is None and _SCP.match(v["repo"]) is None:
         v["repo"] = r.local_path(v["repo"])
-    v["health"] = Health(**_fill(HEALTH, defaults.get("health", {}), given.get("health", {})))
+    health = _fill(HEALTH, defaults.get("health", {}), given.get("health", {}))
+    if "timeout" not in defaults.get("health", {}) and "timeout" not in given.get("health", {}):
+        health["timeout"] = HEALTH_TIMEOUT_DEFAULT.get(kind, health["timeout"])
+    v["health"] = Health(**health)
     v["gate"] = Gate(**_fill(GATE, defaults.get("gate", {}), given.get("gate", {})))
     v["env"] = v["env"] if v["env"] is not None else FrozenMap()
     v["hosts"] = tuple(service_hosts)
@@ -1120,6 +1199,46 @@ General rules:
 """
 
 
+_KINDS_DOC = """\
+## Kinds
+
+Every kind goes through the same pipeline (stage on every host, then canary,
+half, rest with a readiness probe and an error-rate gate after each wave, and
+an automatic rollback), and runs under the service's own supervisord.
+
+- `django`, `flask`, `wsgi`: gunicorn serves `app` (`wsgi` is any WSGI
+  callable, e.g. `dory.wsgi:application`). Staging builds the virtualenv and
+  imports the app (`gunicorn --check-config`), so a release that cannot load
+  never goes live; a new release is loaded with a graceful HUP.
+  `command`, `build`, `build_inputs` and `build_outputs` are not allowed.
+- `command`: any program that stays in the foreground and serves HTTP on
+  `HOST:PORT`, e.g. a Java server:
+
+      harbor:
+        kind: command
+        repo: git@git.example.com:ops/harbor.git
+        role: web
+        build: sh build.sh                    # javac + jar, while staging
+        build_inputs: [src/, build.sh]        # what a smart deploy compares
+        build_outputs: [build/]               # reused when those did not change
+        command: java -jar build/harbor.jar   # from <dir>/current
+        port: 8300
+        health: {path: /healthz}
+
+  `build` runs in each new release while staging; a failed build stops the
+  deploy before any host switches. A new release restarts the program
+  (`reload_signal: restart`, the default for this kind), unless you name the
+  signal it reloads on. Readiness is the health probe (`health.timeout`, 30
+  seconds by default for this kind); the gate counts the access lines the
+  program prints (see `command`) plus its own probes. A smart deploy runs
+  the build only when a file matching `build_inputs` changed since the live
+  commit, and otherwise hard-links the live release's `build_outputs`
+  (`build_reused` in the deploy history). `app`, `workers`, `migrate` and
+  `collectstatic` are not allowed; `requirements`, if the repository has that
+  file, still gets a virtualenv at `.deploy/venv`.
+"""
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -1165,6 +1284,7 @@ def reference_markdown() -> str:
         + ", ".join(f"`{k}`" for k in DEFAULTABLE) + ".\n",
         "## `services.<name>:`\n", f"{SERVICE_NAME_RULE[0].upper()}{SERVICE_NAME_RULE[1:]}.\n",
         _table(SERVICE, mark_defaultable=True),
+        _KINDS_DOC,
         "## `health:` (in a service or in `defaults:`)\n", _table(HEALTH),
         "## `gate:` (in a service or in `defaults:`)\n",
         "After each wave the new hosts' error rate is compared with the old hosts' (the "

@@ -98,7 +98,7 @@ class AccessLogs:
         self.offsets = {n: int(out.strip() or 0) for n, out in sizes.items()}
 
     def _path(self, t) -> str:
-        return f"{self.service.dir_on(t.host)}/log/access.log"
+        return f"{self.service.dir_on(t.host)}/{self.service.access_log}"  # kind command: its output
 
     def _run(self, names, script, what: str) -> dict[str, str]:
         out, errors = self._each(

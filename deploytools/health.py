@@ -349,17 +349,36 @@ def _parse_time(text: str) -> Optional[datetime]:
         return None
 
 
+# A `command` service's own access lines (the harbor sample's), among its other
+# output: `2024-05-01T12:00:00.123Z 10.0.0.5 "GET / HTTP/1.1" 200 42 [seconds]`.
+_ACCESS_ISO = re.compile(
+    r'^(?P<t>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)) (?P<h>\S+) '
+    r'"(?P<r>.*)" (?P<s>\d{3}) (?P<b>\S+)(?: (?P<l>\S+))?\s*$')
+
+
+def _parse_iso(text: str) -> Optional[datetime]:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
 def parse_access_line(line: str) -> Optional[AccessRecord]:
-    """One gunicorn access-log line, or None when it is not one (a log is never trusted)."""
+    """One access-log line (gunicorn's, or ISO-time first as a `command` service may
+    write it), or None when it is not one (a log is never trusted)."""
     m = _ACCESS.match(line.strip())
+    iso = None if m else _ACCESS_ISO.match(line.strip())
+    if iso:
+        m = iso
     if not m:
         return None
-    when = _parse_time(m.group("t"))
+    when = _parse_iso(m.group("t")) if iso else _parse_time(m.group("t"))
     if when is None:
         return None
     try:
         duration: Optional[float] = float(m.group("l"))
-    except ValueError:
+    except (TypeError, ValueError):
         duration = None
     return AccessRecord(time=when, status=int(m.group("s")), request=m.group("r"),
                         duration=duration)

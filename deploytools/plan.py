@@ -5,11 +5,19 @@ A step is needed when the change touches its inputs:
 - migrate: a new or changed migration file (`<app>/migrations/NNNN_*.py`);
 - collectstatic: any file under a `static/` directory (otherwise the live
   release's collected files are reused, hard-linked);
-- build (kind command): always; a build has no declared inputs to compare.
+- build (kind command): a file matching `build_inputs` (default: any file).
+  When none changed, the live release's `build_outputs` are hard-linked into
+  the new release instead (`build_reused`); without `build_outputs` there is
+  nothing to reuse and the build always runs. Staging still builds when the
+  live release was built by another `build` command or environment.
 With nothing live yet every step is needed.
+
+Kind command has no reload/restart choice to make here: it restarts unless its
+`reload_signal` names a signal (see config.RELOAD_DEFAULT).
 """
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 
@@ -62,19 +70,53 @@ def decide(service, target: str, changes: dict[str, list[str] | None]) -> list[S
         run, why = needed(lambda f: bool(req) and f == req, req or "requirements")
         steps.append(Step("venv", run, why))
     if service.kind == "command" and service.build:
-        steps.append(Step("build", True, "a build step always runs (no declared inputs)"))
+        steps.append(build_step(service, changes, needed))
     if service.kind == "django" and service.collectstatic:
         run, why = needed(lambda f: bool(_STATIC.search(f)), "static files")
         steps.append(Step("collectstatic", run, why))
     if service.kind == "django" and service.migrate:
         run, why = needed(lambda f: bool(_MIGRATION.search(f)), "migrations")
         steps.append(Step("migrate", run, why))
+    if service.kind == "command":
+        steps.append(Step("restart", True, "reload_signal is restart: the program is stopped "
+                                           "and started on the new release")
+                     if service.reload_signal == "restart" else
+                     Step("reload", True, f"the program is sent {service.reload_signal} "
+                                          "(its reload_signal)"))
+        return steps
     venv = next((s for s in steps if s.name == "venv"), None)
     restart = venv is not None and venv.run and bool(changes)
     steps.append(Step("restart" if restart else "reload", True,
                       "new virtualenv: the processes restart onto it" if restart
                       else "same virtualenv: graceful reload, no request dropped"))
     return steps
+
+
+def matches_build_inputs(path: str, patterns) -> bool:
+    """Whether a changed file is a build input. Patterns follow git's pathspecs:
+    `src` and `src/` cover the directory, `*.java` any Java file (`*` crosses `/`).
+    No patterns (None) means every file is an input."""
+    if patterns is None:
+        return True
+    for p in patterns:
+        base = p.rstrip("/")
+        if path == base or path.startswith(base + "/") or fnmatch.fnmatchcase(path, p):
+            return True
+    return False
+
+
+def build_step(service, changes: dict[str, list[str] | None], needed) -> Step:
+    """Build, or reuse the live release's outputs when no build input changed."""
+    if not service.build_outputs:
+        return Step("build", True, "no build_outputs declared: nothing to reuse")
+    inputs = service.build_inputs
+    run, why = needed(lambda f: matches_build_inputs(f, inputs), "build inputs")
+    if run:
+        return Step("build", True, why)
+    outputs = ", ".join(service.build_outputs)
+    scope = ", ".join(inputs) if inputs is not None else "every file"
+    return Step("build", False, f"build inputs ({scope}) unchanged: {outputs} hard-linked from "
+                                "the live release")
 
 
 def migration_delta(current: dict[str, str], target: dict[str, str]) -> list[str]:

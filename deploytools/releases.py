@@ -72,8 +72,29 @@ def _in_release(rdir: str, command: str) -> str:
     return (f"(cd {q(rdir)} && set -a && . .deploy/env && set +a && {command})")
 
 
+def build_script(service, dir: str, rdir: str, *, reuse: bool) -> str:
+    """Kind command: run `build` in the release, or (reuse) hard-link the live release's
+    `build_outputs` when it was built by the same command in the same environment.
+    Prints `@@build ran|reused`."""
+    run = (f"if ! {_in_release(rdir, f'sh -c {q(service.build)} >&2')}; then\n"
+           f"  echo {q(f'the build failed: {service.build}')} >&2; exit 1\nfi\n"
+           'echo "@@build ran"\n')
+    record = f'printf "%s\\n" {q(service.build)} > "$R/.deploy/build"\n'  # compared by a reuse
+    outputs = [o.rstrip("/") for o in service.build_outputs or ()]
+    if not reuse or not outputs:
+        return record + run
+    same = " && ".join(['cmp -s "$LIVE/.deploy/build" "$R/.deploy/build"',
+                        'cmp -s "$LIVE/.deploy/env" "$R/.deploy/env"']
+                       + [f'[ -e "$LIVE"/{q(o)} ]' for o in outputs])
+    link = "".join(f'  rm -rf "$R"/{q(o)}; mkdir -p "$(dirname "$R"/{q(o)})"; '
+                   f'cp -al "$LIVE"/{q(o)} "$R"/{q(o)}\n' for o in outputs)
+    return (record + f'LIVE=$(readlink -f {q(dir)}/current 2>/dev/null || true)\n'
+            f'if [ -n "$LIVE" ] && {same}; then\n{link}  echo "@@build reused"\nelse\n'
+            + run + "fi\n")
+
+
 def stage_script(service, host, dir: str, release: str, commit: str, manifest: dict,
-                 *, static: str = "run") -> str:
+                 *, static: str = "run", build: str = "run") -> str:
     """Prepare a release next to the live one; never touches `current`.
 
     On any failure the half-made release directory is removed.
@@ -95,8 +116,7 @@ printf '%s\\n' {q(commit)} > "$R/REVISION"
     parts.append(venv.build_script(service, dir, rdir))
     parts.append(f'ln -sfn {q(dir)}"/venvs/$VENV_KEY" "$R/.deploy/venv"\n')
     if service.kind == "command" and service.build:
-        parts.append(_in_release(rdir, f"sh -c {q(service.build)} >&2") + "\n")
-        parts.append('echo "@@build ran"\n')
+        parts.append(build_script(service, dir, rdir, reuse=build == "reuse"))
     if service.kind == "django":
         # Media survive releases in shared/; each release collects its own
         # static files, so old and new are both served during a rollout.
@@ -158,7 +178,7 @@ state=$({ctl} status {name} 2>&1 || true)
 case "$state" in
   *RUNNING*)
     if [ "$mode" = reload ]; then {ctl} signal {q(sig if sig != "restart" else "HUP")} {name} >/dev/null
-    else {ctl} stop {name} >/dev/null; {ctl} start {name} >/dev/null; fi ;;
+    else {ctl} stop {name} >/dev/null; {ctl} start {name} >&2 || {{ tail -n 12 log/{service.name}.log >&2; exit 1; }}; fi ;;
   *STARTING*) mode=start ;;
   *)
     mode=start
@@ -179,7 +199,7 @@ deadline=$((SECONDS + {int(timeout) + 1}))
 while :; do
   st=$({ctl} status {q(service.name)} 2>&1 || true)
   ok=1; workers=0; stale=0
-  case "$st" in *RUNNING*) ;; *) ok=0 ;; esac
+  case "$st" in *RUNNING*) ;; *FATAL*) echo "it does not start: $st" >&2; tail -n 12 log/{service.name}.log >&2; exit 1 ;; *) ok=0 ;; esac
   if {"true" if check_workers else "false"}; then
     for f in run/workers/*; do
       [ -e "$f" ] || continue

@@ -49,7 +49,7 @@ def service_env(service, host, dir: str, release: str, commit: str) -> dict[str,
     env = dict(service.env)
     env.setdefault("DEPLOYTOOLS_SERVICE", service.name)
     env.setdefault("PORT", str(service.port))
-    env.setdefault("HOST", host.address)
+    env.setdefault("HOST", bind_for(service, host).rpartition(":")[0])  # `bind`'s address
     return env
 
 

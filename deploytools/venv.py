@@ -28,7 +28,7 @@ def build_script(service, dir: str, release_dir: str) -> str:
     pip_args = service.pip_args
     key_inputs = f"{service.python}|{pip_args}|{extras}"
     req_arg = '-r "$REQ"' if service.requirements else ""
-    return f"""
+    script = f"""
 PY={q(service.python)}
 command -v "$PY" >/dev/null || {{ echo "python interpreter '$PY' not found on $(hostname); install it or set python: in services.yaml" >&2; exit 1; }}
 REQ={q(req)}
@@ -45,6 +45,10 @@ else
   echo "@@venv built $VENV_KEY"
 fi
 """
+    if service.kind == "command":
+        # Not Python (a JVM, a Go binary): a virtualenv only if it has a requirements file.
+        return f'if [ -f {q(req)} ]; then\n{script}else\n  VENV_KEY=none\nfi\n'
+    return script
 
 
 def tools_script(service, dir: str) -> str:

@@ -460,3 +460,90 @@ def test_service_errors(fleet, name, fragment):
 
 def test_service_found(fleet):
     assert fleet.service("skiff").app == "s:app"
+
+
+# --------------------------------------------------------------------------- kind command
+
+HARBOR = """\
+kind: command
+repo: git@example.com:harbor.git
+role: web
+build: sh build.sh
+command: java -jar build/harbor.jar
+port: 8300
+"""
+
+
+def test_command_kind_defaults(tmp_path):
+    h = load(write(tmp_path, svc(HARBOR))).service("airship")
+    assert (h.command, h.build, h.build_inputs, h.build_outputs) == (
+        "java -jar build/harbor.jar", "sh build.sh", None, None)
+    assert h.reload_signal == "restart"  # a JVM exits on HUP: restart unless told otherwise
+    assert h.health.timeout == 30.0  # a JVM starts slowly
+    assert h.access_log == "log/airship.log"  # its own output
+    w = load(write(tmp_path, svc(GOOD))).service("airship")
+    assert (w.reload_signal, w.health.timeout, w.access_log) == ("HUP", 5.0, "log/access.log")
+
+
+def test_command_kind_keys(tmp_path):
+    h = load(write(tmp_path, svc(HARBOR + "build_inputs: [src/, build.sh, '*.gradle']\n"
+                                          "build_outputs: [build/, dist/app.jar]\n"
+                                          "reload_signal: USR2\nhealth: {timeout: 4}\n"))
+             ).service("airship")
+    assert h.build_inputs == ("src/", "build.sh", "*.gradle")
+    assert h.build_outputs == ("build/", "dist/app.jar")
+    assert (h.reload_signal, h.health.timeout) == ("USR2", 4.0)
+
+
+def test_health_timeout_in_defaults_applies_to_command_too(tmp_path):
+    text = HOSTS + "defaults:\n  health: {timeout: 12}\n" + svc(HARBOR, head="")
+    assert load(write(tmp_path, text)).service("airship").health.timeout == 12.0
+
+
+@pytest.mark.parametrize("text,line,fragment", [
+    (svc(GOOD + "build_inputs: [src/]\n"), 13,
+     "services.airship.build_inputs: not allowed for kind django (only for kind command)"),
+    (svc(GOOD.replace("django", "wsgi") + "build_outputs: [build/]\n"), 13,
+     "services.airship.build_outputs: not allowed for kind wsgi"),
+    (svc(GOOD.replace("django", "flask") + "build: make\n"), 13,
+     "services.airship.build: not allowed for kind flask"),
+    (svc(HARBOR.replace("build: sh build.sh\n", "") + "build_outputs: [build/]\n"), 13,
+     "services.airship.build_outputs: needs `build`"),
+    (svc(HARBOR + "workers: 4\n"), 14, "services.airship.workers: not allowed for kind command"),
+    (svc(HARBOR + "build_inputs: [/etc/passwd]\n"), 14,
+     "expected a path or glob relative to the repository such as src/ or *.java, got "
+     "'/etc/passwd'"),
+    (svc(HARBOR + "build_inputs: [../x]\n"), 14, "relative to the repository"),
+    (svc(HARBOR + "build_inputs: []\n"), 14, "at least one item"),
+    (svc(HARBOR + "build_inputs: src/\n"), 14, "expected a list"),
+    (svc(HARBOR + "build_inputs: [src/, src/]\n"), 14, "'src/' is listed twice"),
+    (svc(HARBOR + "build_outputs: ['build/*.jar']\n"), 14,
+     "expected a file or directory the build writes in the release"),
+    (svc(HARBOR + "build_outputs: [.deploy]\n"), 14, "got '.deploy'"),
+    (svc(HARBOR + "build_outputs: [/opt/out]\n"), 14, "expected a path relative to the repo"),
+    (svc(HARBOR + "reload_signal: KILL\n"), 14,
+     "expected one of HUP, USR1, USR2, TERM, restart, got 'KILL'"),
+    (svc(HARBOR.replace("command: java -jar build/harbor.jar",
+                        "command: |\n  java -jar a.jar\n  echo x")), 12,
+     "services.airship.command: expected a single line of shell"),
+    (svc(HARBOR.replace("command: java -jar build/harbor.jar", "command: ' '")), 12,
+     "expected a single line of shell"),
+    (svc(HARBOR + "migrate: true\n"), 14, "only django services can migrate"),
+], ids=["inputs-on-django", "outputs-on-wsgi", "build-on-flask", "outputs-without-build",
+        "workers-on-command", "inputs-absolute", "inputs-dotdot", "inputs-empty",
+        "inputs-not-list", "inputs-twice", "outputs-glob", "outputs-deploy-dir",
+        "outputs-absolute", "signal-unknown", "command-multiline", "command-blank",
+        "migrate-on-command"])
+def test_command_kind_broken(tmp_path, text, line, fragment):
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, text))
+    assert e.value.line == line
+    assert fragment in str(e.value)
+
+
+def test_reference_documents_both_kinds():
+    text = reference_markdown()
+    assert "## Kinds" in text
+    for key in ("build_inputs", "build_outputs", "reload_signal", "command"):
+        assert f"| `{key}` |" in text
+    assert '`"HUP"`; `"restart"` for command' in text

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploytools.plan import decide, migration_delta, parse_showmigrations
+from deploytools.plan import decide, matches_build_inputs, migration_delta, parse_showmigrations
 
 
 def django(**kw):
@@ -86,3 +86,87 @@ def test_migration_delta_names_what_a_rollback_crosses():
     then = {"flights": "0001_initial", "auth": "0001_initial"}
     assert migration_delta(now, then) == ["flights.0002_flight_destination"]
     assert migration_delta(now, now) == []
+
+
+# --- kind command: rebuild only when the build inputs changed -------------------------
+
+def command(**kw):
+    base = dict(kind="command", requirements=None, collectstatic=False, migrate=False,
+                build="sh build.sh", build_inputs=("src/", "build.sh"),
+                build_outputs=("build/",), reload_signal="restart")
+    return SimpleNamespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("files, build", [
+    (["src/harbor/Main.java"], True),
+    (["build.sh"], True),
+    (["README.md"], False),
+    (["docs/build.sh", "srcfoo/x.java"], False),  # neither under src/ nor the top build.sh
+    ([], False),  # the same commit again
+])
+def test_decide_command_build(files, build):
+    steps = decide(command(), "b" * 40, {LIVE: files})
+    assert {s.name: s.run for s in steps} == {"build": build, "restart": True}
+
+
+def test_command_reuse_reason_names_inputs_and_outputs():
+    step = decide(command(), "b" * 40, {LIVE: ["README.md"]})[0]
+    assert not step.run
+    assert "src/, build.sh" in step.reason and "build/" in step.reason
+
+
+def test_command_build_reasons_name_the_changed_file():
+    step = decide(command(), "b" * 40, {LIVE: ["README.md", "build.sh"]})[0]
+    assert step.run and "build.sh" in step.reason and "README" not in step.reason
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({}, "nothing is live yet"),
+    ({LIVE: None}, "cannot compare"),
+])
+def test_command_builds_without_a_comparable_live_commit(changes, why):
+    step = decide(command(), "b" * 40, changes)[0]
+    assert step.run and why in step.reason
+
+
+def test_command_without_outputs_always_builds():
+    step = decide(command(build_outputs=None), "b" * 40, {LIVE: ["README.md"]})[0]
+    assert step.run and "no build_outputs" in step.reason
+
+
+def test_command_default_inputs_are_every_file():
+    svc = command(build_inputs=None)
+    assert decide(svc, "b" * 40, {LIVE: ["README.md"]})[0].run
+    assert not decide(svc, "b" * 40, {LIVE: []})[0].run
+
+
+def test_command_any_live_commit_with_changed_inputs_rebuilds():
+    steps = decide(command(), "b" * 40, {LIVE: ["README.md"], "c" * 40: ["src/a.java"]})
+    assert steps[0].run
+
+
+def test_command_without_build_has_no_build_step():
+    steps = decide(command(build=None, build_outputs=None, build_inputs=None), "b" * 40,
+                   {LIVE: ["x"]})
+    assert [s.name for s in steps] == ["restart"]
+
+
+def test_command_with_a_reload_signal_reloads():
+    steps = decide(command(reload_signal="USR2"), "b" * 40, {LIVE: ["src/a.java"]})
+    assert [(s.name, s.run) for s in steps] == [("build", True), ("reload", True)]
+    assert "USR2" in steps[1].reason
+
+
+@pytest.mark.parametrize("path, patterns, expected", [
+    ("src/harbor/Main.java", ("src/",), True),
+    ("src/harbor/Main.java", ("src",), True),
+    ("src", ("src/",), True),
+    ("srcfoo/a", ("src",), False),
+    ("src/harbor/Main.java", ("*.java",), True),  # `*` crosses `/`, as in git pathspecs
+    ("src/harbor/Main.java", ("src/*/Main.java",), True),
+    ("README.md", ("*.java", "build.sh"), False),
+    ("pom.xml", ("pom.xml",), True),
+    ("anything", None, True),
+])
+def test_matches_build_inputs(path, patterns, expected):
+    assert matches_build_inputs(path, patterns) is expected
