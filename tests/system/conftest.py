@@ -24,6 +24,7 @@ class Env:
     config: Path
     samples: dict
     fleet: object
+    smart_repo: object = None
 
     def fab(self, *args: str, check: bool | None = True, timeout: float = 300,
             env: dict | None = None) -> subprocess.CompletedProcess:
@@ -144,5 +145,9 @@ def deployenv(fleet, samples, wheelhouse, postgres, tmp_path_factory) -> Env:
     data = services_yaml(fleet, samples, wheelhouse, tmp)
     data["services"]["airship"]["env"]["DATABASE_URL"] = postgres.database("airship")
     data["services"]["smart"]["env"]["DATABASE_URL"] = postgres.database("smart")
+    # smart has its own copy of the repo: its tests watch `production` and the tags.
+    smart_samples = build_repos.build(tmp / "smart-samples", ["airship"])
+    data["services"]["smart"]["repo"] = str(smart_samples["airship"].origin)
     config.write_text(yaml.safe_dump(data, sort_keys=False))
-    return Env(dir=tmp, config=config, samples=samples, fleet=fleet)
+    return Env(dir=tmp, config=config, samples=samples, fleet=fleet,
+               smart_repo=smart_samples["airship"])

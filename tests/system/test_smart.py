@@ -19,13 +19,17 @@ SVC = "smart"
 PORT = 8002
 
 
+def repo(env):
+    return env.smart_repo
+
+
 def git(origin, *args):
     return subprocess.run(["git", "-C", str(origin), *args], capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
 def production(env):
-    origin = env.samples["airship"].origin
+    origin = repo(env).origin
     try:
         return git(origin, "rev-parse", "--verify", "-q", "refs/heads/production")
     except subprocess.CalledProcessError:
@@ -33,7 +37,7 @@ def production(env):
 
 
 def tags(env):
-    return git(env.samples["airship"].origin, "tag", "-l", "production-*").split()
+    return git(repo(env).origin, "tag", "-l", "production-*").split()
 
 
 def revisions(env):
@@ -45,7 +49,7 @@ def last(env, host="web-0"):
 
 
 def sha(env, label):
-    return env.samples["airship"].resolve(label)
+    return repo(env).resolve(label)
 
 
 def smart_deploy(env, label, check=True):
@@ -130,15 +134,21 @@ def test_smart_deploy_sequence_runs_only_needed_steps(deployenv, postgres, label
     if label == "v5":
         css = requests.get(deployenv.url("web-1", "/static/flights/site.css", PORT), timeout=5)
         assert css.status_code == 200
-        work = deployenv.samples["airship"].work
+        work = repo(deployenv).work
         expected = git(work, "show", f"{sha(deployenv, 'v5')}:flights/static/flights/site.css")
         assert css.text.strip() == expected.strip()
 
 
 def test_failed_deploy_moves_neither_branch_nor_tags(deployenv):
+    from build_repos import Sub
     prod, tg = production(deployenv), tags(deployenv)
-    out = smart_deploy(deployenv, "broken-import", check=False)
-    assert out.returncode == 1
+    # A broken commit on top of the live one (so it is a fast-forward to refuse later).
+    broken = repo(deployenv).commit("break the import", {"airship/wsgi.py": Sub(
+        ("import airship.urls", "import does_not_exist  # noqa\nimport airship.urls"))},
+        branch="broken-on-live", base=prod)
+    out = smart_deploy(deployenv, broken, check=False)
+    assert out.returncode == 1, out.stderr
+    assert "does_not_exist" in out.stderr
     assert (production(deployenv), tags(deployenv)) == (prod, tg)
     assert last(deployenv)["outcome"] == "failed"
 
