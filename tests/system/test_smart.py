@@ -140,11 +140,11 @@ def test_smart_deploy_sequence_runs_only_needed_steps(deployenv, postgres, label
 
 
 def test_failed_deploy_moves_neither_branch_nor_tags(deployenv):
-    from build_repos import Sub
     prod, tg = production(deployenv), tags(deployenv)
-    # A broken commit on top of the live one (so it is a fast-forward to refuse later).
-    broken = repo(deployenv).commit("break the import", {"airship/wsgi.py": Sub(
-        ("import airship.urls", "import does_not_exist  # noqa\nimport airship.urls"))},
+    # A broken commit on top of the live one (a fast-forward, so only the import fails).
+    wsgi = git(repo(deployenv).origin, "show", f"{prod}:airship/wsgi.py")
+    broken = repo(deployenv).commit("break the import", {"airship/wsgi.py": wsgi.replace(
+        "import airship.urls", "import does_not_exist  # noqa\nimport airship.urls")},
         branch="broken-on-live", base=prod)
     out = smart_deploy(deployenv, broken, check=False)
     assert out.returncode == 1, out.stderr
