@@ -234,7 +234,6 @@ class SSHTarget(Target):
             chan.close()
 
     def put(self, data: bytes | str, path: str, mode: int = 0o644) -> None:
-        import io
         raw = data.encode() if isinstance(data, str) else data
         sftp = self._connection().sftp()
         with sftp.open(path, "wb") as f:

@@ -12,7 +12,7 @@ from . import lock as lock_mod
 from . import releases
 from .errors import DeployError, RestoreFailed, UsageError
 from .inventory import Fleet, each
-from .rollout import Rollout, now_iso, probe, restore, _errors_text
+from .rollout import Rollout, inspect_all, now_iso, probe, restore, _errors_text
 from . import plan as plan_mod
 from .script import facts, q
 from .vcs import ServiceRepo
@@ -21,16 +21,6 @@ from .vcs import ServiceRepo
 def _service_and_hosts(session, name: str):
     service = session.config.service(name)
     return service, session.hosts_for(service)
-
-
-def _inspect_all(service, fleet):
-    def inspect(t):
-        r = t.run(releases.inspect_script(service, service.dir_on(t.host)), what="inspecting")
-        return releases.parse_inspect(r.stdout, service.name)
-    states, errors = each(fleet, inspect, parallel=service.parallel)
-    if errors:
-        raise DeployError("could not reach every host; nothing was changed:\n" + _errors_text(errors))
-    return states
 
 
 def deploy(session, name: str, ref: str | None = None, *, force: bool = False,
@@ -80,7 +70,7 @@ def migrate(session, name: str, to: str | None = None) -> dict:
     with Fleet(session.config, hosts[:1]) as fleet:
         t = fleet[hosts[0]]
         d = service.dir_on(t.host)
-        st = _inspect_all(service, fleet)[t.name]
+        st = inspect_all(service, fleet)[t.name]
         if not st.current:
             raise UsageError(f"nothing is deployed on {t.name} yet: deploy first.")
         with lock_mod.FleetLock(fleet, service, "migrate", wait=session.lock_wait):
@@ -134,7 +124,7 @@ def media(session, name: str) -> None:
     service, hosts = _service_and_hosts(session, name)
     _django(service)
     with Fleet(session.config, hosts) as fleet:
-        states = _inspect_all(service, fleet)
+        states = inspect_all(service, fleet)
 
         def go(t):
             current = states[t.name].current
@@ -162,7 +152,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
     report = session.reporter
     started = time.monotonic()
     with Fleet(session.config, hosts) as fleet:
-        states = _inspect_all(service, fleet)
+        states = inspect_all(service, fleet)
         targets: dict[str, str] = {}
         problems = []
         commit = None
@@ -240,7 +230,7 @@ def restart(session, name: str, *, hard: bool = False) -> None:
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     with Fleet(session.config, hosts) as fleet:
-        states = _inspect_all(service, fleet)
+        states = inspect_all(service, fleet)
 
         def go(t):
             d = service.dir_on(t.host)
@@ -260,7 +250,7 @@ def restart(session, name: str, *, hard: bool = False) -> None:
 def status(session, name: str) -> list[dict]:
     service, hosts = _service_and_hosts(session, name)
     with Fleet(session.config, hosts) as fleet:
-        states = _inspect_all(service, fleet)
+        states = inspect_all(service, fleet)
     repo = None
     rows = []
     for h in hosts:

@@ -140,9 +140,7 @@ printf '%s\\n' {q(commit)} > "$R/REVISION"
     manifest = dict(manifest, release=release, commit=commit)
     parts.append(write_file(f"{rdir}/.deploy/manifest.json",
                             json.dumps(manifest, indent=2, sort_keys=True) + "\n", 0o644) + "\n")
-    parts.append('echo "{\\"venv\\": \\"$VENV_KEY\\"}" > "$R/.deploy/venv.json"\n')
     parts.append('touch "$R/.deploy/staged"\necho "@@release staged"\nfi\n')
-    parts.append(f'echo "@@venv_key $(basename "$(readlink "$R/.deploy/venv")")"\n')
     parts.append(service_files_script(service, host, dir, supervisord_next=True))
     return "".join(parts)
 

@@ -169,13 +169,7 @@ class Rollout:
         return self.record
 
     def _inspect(self) -> None:
-        def inspect(t):
-            out = t.run(releases.inspect_script(self.service, self.dir(t)), what="inspecting")
-            return releases.parse_inspect(out.stdout, self.service.name)
-        states, errors = self.parallel(self.fleet, inspect)
-        if errors:
-            raise DeployError("could not inspect every host; nothing was changed:\n"
-                              + _errors_text(errors))
+        states = inspect_all(self.service, self.fleet)
         self.states = states
         for name, st in states.items():
             self.runs[name].previous = st.current
@@ -371,6 +365,17 @@ class Rollout:
                        from_commit=run.previous_commit, steps=run.steps)
             t.run(lock_mod.history_append_script(self.dir(t), rec), check=False)
         self.parallel(self.fleet, write)
+
+
+def inspect_all(service, fleet) -> dict:
+    """Every host's state of `service` (read only); any unreachable host is an error."""
+    def inspect(t):
+        r = t.run(releases.inspect_script(service, service.dir_on(t.host)), what="inspecting")
+        return releases.parse_inspect(r.stdout, service.name)
+    states, errors = each(fleet, inspect, parallel=service.parallel)
+    if errors:
+        raise DeployError("could not reach every host; nothing was changed:\n" + _errors_text(errors))
+    return states
 
 
 def restore(service, t: Target, release: str | None) -> None:
