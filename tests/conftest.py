@@ -15,7 +15,8 @@ def fleet(tmp_path_factory):
     """Four real sshd hosts, web-0..web-3 on 127.0.0.11-14:2222, each with
     its own /srv and hostname.  Torn down (every process on every host)
     at the end of the session."""
-    f = fleet_mod.Fleet(tmp_path_factory.mktemp("fleet"), n=4, prefix="web", first_octet=11)
+    f = fleet_mod.Fleet(tmp_path_factory.mktemp("fleet"), n=4, prefix="web",
+                        first_octet=fleet_mod.first_octet())
     try:
         f.start()
     except fleet_mod.FleetError as exc:

@@ -82,6 +82,12 @@ TEST_REQUIREMENTS = [
 ]
 
 
+def first_octet(default: int = 11) -> int:
+    """Where the suite's fleet starts: 127.0.0.11, or DEPLOYTOOLS_TEST_OCTET, so that two
+    checkouts on one machine can run their system tests side by side."""
+    return int(os.environ.get("DEPLOYTOOLS_TEST_OCTET") or default)
+
+
 class FleetError(RuntimeError):
     """The fleet could not be brought up (or torn down)."""
 

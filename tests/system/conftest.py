@@ -110,13 +110,20 @@ class Postgres:
     port: int = 5432
 
     def database(self, name: str) -> str:
-        """A fresh database and role `name`; returns its DATABASE_URL."""
+        """A fresh database and role `name` (suffixed with DEPLOYTOOLS_TEST_OCTET when that
+        is set, so two checkouts can share the cluster); returns its DATABASE_URL."""
+        name = self.db_name(name)
         _pg(f"DROP DATABASE IF EXISTS {name}; DROP ROLE IF EXISTS {name};"
             f"CREATE ROLE {name} LOGIN PASSWORD '{name}'; CREATE DATABASE {name} OWNER {name};")
         return f"postgres://{name}:{name}@{self.host}:{self.port}/{name}"
 
+    @staticmethod
+    def db_name(name: str) -> str:
+        slot = os.environ.get("DEPLOYTOOLS_TEST_OCTET")
+        return f"{name}_{int(slot)}" if slot else name
+
     def query(self, db: str, sql: str) -> str:
-        return _pg(sql, db)
+        return _pg(sql, self.db_name(db))
 
 
 @pytest.fixture(scope="session")
