@@ -26,6 +26,12 @@ class DeployError(Exception):
         return f"{self.host}: {self.message}" if self.host else self.message
 
 
+def errors_text(errors: dict[str, BaseException]) -> str:
+    """Per-host failures, one indented `host: message` line each, for an error message."""
+    return "\n".join(f"  {name}: {err.message if isinstance(err, DeployError) else err}"
+                     for name, err in errors.items())
+
+
 class UsageError(DeployError):
     """Bad command line: unknown task, service, host or option."""
 

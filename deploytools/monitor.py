@@ -18,9 +18,10 @@ import re
 import threading
 import time
 
-from . import releases
 from .errors import ConnectionFailed, DeployError, UsageError
+from .hoststate import HostState, inspect_script, parse_inspect
 from .inventory import Fleet, each
+from .probe import probe
 from .script import q
 
 LOGS = ("access.log", "error.log", "{service}.log", "supervisord.log")
@@ -90,7 +91,7 @@ class TailSplitter:
         return out
 
 
-def status_text(state: releases.HostState, health: str | None = None) -> str:
+def status_text(state: HostState, health: str | None = None) -> str:
     """One line about a host: live release and commit, process state, health."""
     proc = state.process
     if proc is None:
@@ -158,11 +159,9 @@ def monitor(session, name: str, *, lines: int | None = None, follow=None) -> Non
 
 def _status(service, fleet, printer) -> list:
     """Print a status line per host; return the hosts that answered."""
-    from .rollout import probe
-
     def inspect(t):
-        r = t.run(releases.inspect_script(service, service.dir_on(t.host)), what="inspecting")
-        state = releases.parse_inspect(r.stdout, service.name)
+        r = t.run(inspect_script(service, service.dir_on(t.host)), what="inspecting")
+        state = parse_inspect(r.stdout, service.name)
         health = probe(service, t.host, timeout=2)[1] if state.current else None
         return status_text(state, health)
     texts, errors = each(fleet, inspect, parallel=service.parallel)

@@ -10,53 +10,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import requests
-
 from . import gate
 from . import lock as lock_mod
 from . import releases
-from .errors import (DeployError, HealthGateFailed, RemoteCommandError, RestoreFailed,
-                     StagingFailed, UsageError)
+from .errors import (DeployError, HealthGateFailed, RestoreFailed, StagingFailed, UsageError,
+                     errors_text)
+from .hoststate import inspect_all
 from .inventory import Fleet, Target, each
 from . import plan as plan_mod
-from .script import facts, q, write_file
+from .script import facts, write_file
 from .vcs import ServiceRepo
 from .waves import compute_waves
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _errors_text(errors: dict[str, BaseException]) -> str:
-    return "\n".join(f"  {name}: {err.message if isinstance(err, DeployError) else err}"
-                     for name, err in errors.items())
-
-
-def probe_url(service, host) -> str:
-    port = service.bind.rsplit(":", 1)[1] if service.bind else service.port
-    return f"http://{host.address}:{port}{service.health.path}"
-
-
-def probe(service, host, timeout: float | None = None) -> tuple[bool, str]:
-    """One readiness probe: (ok, what we saw)."""
-    try:
-        r = requests.get(probe_url(service, host), timeout=timeout or service.health.timeout)
-    except requests.RequestException as e:
-        return False, f"no answer ({type(e).__name__})"
-    return 200 <= r.status_code < 300, f"HTTP {r.status_code}"
-
-
-def wait_healthy(service, host, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        ok, seen = probe(service, host)
-        if ok:
-            return
-        if time.monotonic() >= deadline:
-            raise HealthGateFailed(f"health check {probe_url(service, host)} failed: {seen} "
-                                   f"after {timeout:g}s", host=host.name)
-        time.sleep(service.health.interval)
 
 
 @dataclass
@@ -99,7 +67,8 @@ class Rollout:
         self.report.event(kind, message, service=self.service.name, **fields)
 
     # -- the deploy ----------------------------------------------------------
-    def run(self) -> dict:
+    def _resolve(self) -> ServiceRepo:
+        """Update the controller's mirror and pin `ref` to a commit and a release name."""
         svc = self.service
         repo = ServiceRepo(svc).update()
         commit = repo.resolve(self.ref)
@@ -107,6 +76,21 @@ class Rollout:
         self.release = releases.release_name(commit)
         self.record.update(ref=self.ref or svc.branch, commit=commit, release=self.release,
                            subject=repo.subject(commit))
+        return repo
+
+    def plan(self) -> plan_mod.Plan:
+        """The dry run: what a deploy of `ref` would do, from the hosts' live state.
+        Reads the repo and the hosts; changes nothing."""
+        repo = self._resolve()
+        with Fleet(self.config, self.hosts) as fleet:
+            self.fleet = fleet
+            self._inspect()
+        return self._plan(repo)
+
+    def run(self) -> dict:
+        svc = self.service
+        repo = self._resolve()
+        commit = self.commit
         self.publishes = set(self.hosts) == set(svc.hosts)
         if self.publishes:
             repo.check_fast_forward(commit, force=self.force)
@@ -278,7 +262,7 @@ class Rollout:
             self.record["failed_step"] = "stage"
             raise StagingFailed(
                 f"staging {self.release} ({self.commit[:7]}) failed; no host was switched:\n"
-                + _errors_text(errors))
+                + errors_text(errors))
 
     def _activate(self, wave: list[str]) -> None:
         svc = self.service
@@ -286,16 +270,13 @@ class Rollout:
         def activate(t):
             run = self.runs[t.name]
             run.activated = True  # from here on, `current` may have moved
-            r = t.run(releases.activate_script(svc, self.dir(t), self.release),
-                      what=f"activating {self.release}")
-            mode = facts(r.stdout).get("mode", "?")
+            mode = releases.activate(svc, t, self.release)
             run.steps.append(f"activate_{mode}")
-            self._wait_ready(t, self.release)
             self.say("activated", f"  {t.name}: serving {self.release} ({mode})", host=t.name,
                      mode=mode)
         _, errors = self.parallel([self.fleet[h] for h in wave], activate)
         if errors:
-            raise DeployError(_errors_text(errors))
+            raise DeployError(errors_text(errors))
 
     def _gate(self, i: int, waves: list[list[str]]) -> None:
         new = [h for w in waves[:i] for h in w]
@@ -312,12 +293,6 @@ class Rollout:
         if verdict.outcome == "fail":
             raise HealthGateFailed(f"error-rate gate after wave {i} failed: {verdict.reason}")
 
-    def _wait_ready(self, t: Target, release: str) -> None:
-        timeout = self.service.health.timeout + self.service.graceful_timeout
-        t.run(releases.wait_ready_script(self.service, self.dir(t), release, timeout),
-              what="waiting for the new processes")
-        wait_healthy(self.service, t.host, self.service.health.timeout)
-
     def _roll_back_all(self, reason: str) -> None:
         """Return every activated host to its previous release, in reverse wave order."""
         touched = [h for h in reversed(self.hosts) if self.runs[h].activated]
@@ -327,7 +302,7 @@ class Rollout:
         for name in touched:
             t = self.fleet[name]
             try:
-                restore(self.service, t, self.runs[name].previous)
+                releases.restore(self.service, t, self.runs[name].previous)
                 t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
                 self.say("restored", f"  {name}: back on {self.runs[name].previous or 'nothing'}",
                          host=name)
@@ -342,7 +317,7 @@ class Rollout:
             self.record["outcome"] = "unrestored"
             raise RestoreFailed(
                 f"the deploy failed ({reason.splitlines()[0]}) and these hosts could not be "
-                f"restored; a human must look:\n{_errors_text(failed)}")
+                f"restored; a human must look:\n{errors_text(failed)}")
 
     def _prune(self) -> None:
         def prune(t):
@@ -366,27 +341,3 @@ class Rollout:
             t.run(lock_mod.history_append_script(self.dir(t), rec), check=False)
         self.parallel(self.fleet, write)
 
-
-def inspect_all(service, fleet) -> dict:
-    """Every host's state of `service` (read only); any unreachable host is an error."""
-    def inspect(t):
-        r = t.run(releases.inspect_script(service, service.dir_on(t.host)), what="inspecting")
-        return releases.parse_inspect(r.stdout, service.name)
-    states, errors = each(fleet, inspect, parallel=service.parallel)
-    if errors:
-        raise DeployError("could not reach every host; nothing was changed:\n" + _errors_text(errors))
-    return states
-
-
-def restore(service, t: Target, release: str | None) -> None:
-    """Put `release` back live on one host and verify it serves (None: stop the service)."""
-    dir = service.dir_on(t.host)
-    if release is None:
-        from .supervisor import ctl
-        t.run(f"cd {q(dir)}\n{ctl(dir)} stop {q(service.name)} >/dev/null 2>&1 || true\n"
-              "rm -f current\n", what="removing a first release")
-        return
-    t.run(releases.activate_script(service, dir, release), what=f"restoring {release}")
-    timeout = service.health.timeout + service.graceful_timeout
-    t.run(releases.wait_ready_script(service, dir, release, timeout), what="waiting for processes")
-    wait_healthy(service, t.host, service.health.timeout)

@@ -45,8 +45,6 @@ def _fallback_identity(repo: git.Repo) -> dict[str, str]:
         repo.git.var("GIT_COMMITTER_IDENT")
         return {}
     except git.GitCommandError:
-        import getpass
-        import socket
         who = os.environ.get("DEPLOYTOOLS_USER") or getpass.getuser()
         return {"GIT_COMMITTER_NAME": who, "GIT_COMMITTER_EMAIL": f"{who}@{socket.gethostname()}"}
 
