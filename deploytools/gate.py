@@ -18,7 +18,7 @@ import dataclasses
 import math
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import requests
 

@@ -8,9 +8,11 @@ release history is readable with plain git (`git log production`,
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import re
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-import build_repos  # examples/, put on sys.path by tests/system/conftest.py
+import build_repos
 
 pytestmark = pytest.mark.system
 

@@ -1,5 +1,4 @@
 """Parsers of what the remote scripts print, and the scripts' quoting."""
-import shlex
 import subprocess
 
 from deploytools.hoststate import HostState, parse_inspect, previous_release
