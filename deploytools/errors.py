@@ -85,6 +85,25 @@ class RestoreFailed(DeployError):
     exit_code = EXIT_UNRESTORED
 
 
+class PublishFailed(DeployError):
+    """Every wave passed and the release is live, but the production branch or the
+    date tag could not be moved: git and the fleet disagree until someone fixes it."""
+
+    exit_code = EXIT_UNRESTORED
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP reached a command that changes hosts (a CI runner
+    cancelling its job sends SIGTERM). Handled like Ctrl-C: roll back, record, unlock."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name}"
+
+
 class LockedError(DeployError):
     """Another deploy holds the service's lock."""
 

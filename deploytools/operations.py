@@ -9,7 +9,7 @@ import json
 import time
 
 from . import lock as lock_mod
-from . import releases
+from . import releases, signals
 from .errors import DeployError, RestoreFailed, UsageError, errors_text
 from .hoststate import commit_of, fleet_rollback_target, inspect_all
 from .inventory import Fleet, each
@@ -177,7 +177,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     started = time.monotonic()
-    with Fleet(session.config, hosts) as fleet:
+    with signals.terminating(), Fleet(session.config, hosts) as fleet:
         # The lock first: a state read before it could be changed by the deploy we wait for.
         lock = lock_mod.FleetLock(fleet, service, "rollback", wait=session.lock_wait)
         with lock:

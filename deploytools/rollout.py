@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 
 from . import gate
 from . import lock as lock_mod
-from . import releases
-from .errors import (DeployError, HealthGateFailed, RestoreFailed, StagingFailed, UsageError,
-                     errors_text)
+from . import releases, signals
+from .errors import (DeployError, HealthGateFailed, PublishFailed, RestoreFailed,
+                     StagingFailed, UsageError, errors_text)
 from .hoststate import inspect_all
 from .inventory import Fleet, Target, each
 from . import plan as plan_mod
@@ -97,7 +97,7 @@ class Rollout:
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
                          f"{self.release} to {', '.join(self.hosts)}",
                  commit=commit, release=self.release, hosts=self.hosts)
-        with Fleet(self.config, self.hosts) as fleet:
+        with signals.terminating(), Fleet(self.config, self.hosts) as fleet:
             self.fleet = fleet
             lock = lock_mod.FleetLock(fleet, svc, self.action, wait=self.session.lock_wait)
             lock.acquire()
@@ -105,9 +105,17 @@ class Rollout:
             self.record["job"] = lock.owner["job"]
             try:
                 outcome = self._locked(repo)
+            except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP outside a wave
+                self.record.setdefault("outcome", "failed")
+                self.record["error"] = _interrupted(e)
+                if any(run.activated for run in self.runs.values()):
+                    raise  # after the last wave: live; nothing to undo
+                raise StagingFailed(f"{_interrupted(e)} before any host was switched; no host "
+                                    "changed (a half-staged release is removed by its own "
+                                    "script, or at the next prune).") from None
             except BaseException as e:
                 self.record.setdefault("outcome", "failed")
-                self.record["error"] = str(e) or "interrupted (Ctrl-C)"
+                self.record["error"] = str(e)
                 raise
             finally:
                 self.record["duration"] = round(time.monotonic() - self.started, 2)
@@ -119,10 +127,10 @@ class Rollout:
         svc = self.service
         self._inspect()
         self._refuse_rejected()
-        self.plan = self._plan(repo)
+        self.planned = self._plan(repo)
         self._stage()
         self._migrate()
-        waves = self.plan.waves
+        waves = self.planned.waves
         self.record["waves"] = waves
         for i, wave in enumerate(waves, 1):
             self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i, hosts=wave)
@@ -131,7 +139,7 @@ class Rollout:
                 self._activate(wave)
                 self._gate(i, waves)
             except (DeployError, KeyboardInterrupt) as e:
-                reason = str(e) if isinstance(e, DeployError) else "interrupted (Ctrl-C)"
+                reason = str(e) if isinstance(e, DeployError) else _interrupted(e)
                 self.record["outcome"] = "rolled_back"
                 self.record["failed_wave"] = i
                 self._roll_back_all(reason=reason)
@@ -142,15 +150,33 @@ class Rollout:
         self._prune()
         tag = None
         if self.publishes:
-            tag = repo.publish(self.commit, force=self.force,
-                               message=f"{svc.name} {self.release} by {self.record.get('user')}")
-            self.record["tag"] = tag
-            self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)
+            tag = self._publish(repo)
         self.record["outcome"] = "success"
         self.say("done", f"{svc.name} {self.release} is live on {', '.join(self.hosts)} "
                          f"({time.monotonic() - self.started:.1f}s)", release=self.release,
                  commit=self.commit, tag=tag)
         return self.record
+
+    def _publish(self, repo) -> str:
+        """Move the production branch and push the date tag. Every host already
+        serves the release, so a failure here is not a failed deploy: it is said
+        as what it is, with the command that finishes the job."""
+        svc = self.service
+        try:
+            tag = repo.publish(self.commit, force=self.force,
+                               message=f"{svc.name} {self.release} by {self.record.get('user')}")
+        except (DeployError, KeyboardInterrupt) as e:
+            self.record["outcome"] = "live_unpublished"
+            why = e.message if isinstance(e, DeployError) else _interrupted(e)
+            raise PublishFailed(
+                f"{self.release} is live on every host ({', '.join(self.hosts)}), but "
+                f"{svc.production_branch} and its date tag were not moved: {why}. Fix the "
+                f"cause, then deploy the same commit again to record it: "
+                f"fab deploy:{svc.name},ref={self.commit} (its virtualenv is reused)."
+            ) from None
+        self.record["tag"] = tag
+        self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)
+        return tag
 
     def _inspect(self) -> None:
         states = inspect_all(self.service, self.fleet)
@@ -189,7 +215,7 @@ class Rollout:
             return
         first = self.fleet[self.hosts[0]]
         d = self.dir(first)
-        if self.plan.runs("migrate"):
+        if self.planned.runs("migrate"):
             t0 = time.monotonic()
             try:
                 r = first.run(releases.migrate_script(svc, d, self.release),
@@ -237,8 +263,8 @@ class Rollout:
             t0 = time.monotonic()
             r = t.run(releases.stage_script(
                 svc, t.host, self.dir(t), self.release, self.commit, manifest,
-                static="run" if self.plan.runs("collectstatic") else "reuse",
-                build="run" if self.plan.runs("build") else "reuse"),
+                static="run" if self.planned.runs("collectstatic") else "reuse",
+                build="run" if self.planned.runs("build") else "reuse"),
                       what=f"staging {self.release}")
             f = facts(r.stdout)
             run = self.runs[t.name]
@@ -311,7 +337,11 @@ class Rollout:
         for name in self.hosts:
             if not self.runs[name].activated:
                 t = self.fleet[name]
-                t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
+                try:  # best effort: the mark only spares a later deploy the same gate
+                    t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
+                except DeployError as e:
+                    self.say("warning", f"  {name}: could not mark {self.release} rejected: "
+                                        f"{e.message}", host=name)
         self.record["rolled_back"] = touched
         if failed:
             self.record["outcome"] = "unrestored"
@@ -341,3 +371,6 @@ class Rollout:
             t.run(lock_mod.history_append_script(self.dir(t), rec), check=False)
         self.parallel(self.fleet, write)
 
+
+def _interrupted(e: BaseException) -> str:
+    return str(e) if str(e) else "interrupted (Ctrl-C)"

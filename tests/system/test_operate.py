@@ -344,23 +344,52 @@ def test_killed_deploy_leaves_a_stale_lock_that_unlock_clears(ops):
     assert ops.revisions() == {h: ops.sha("v3") for h in HOSTS}
 
 
-def test_ctrl_c_releases_the_lock(ops):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_while_staging_releases_the_lock(ops, sig):
     live = {h: ops.current(h) for h in HOSTS}
     run = ops.spawn(f"deploy:{SVC},ref=v4")
     try:
         run.wait_for(lambda x: x.startswith("staging "), timeout=120)
-        run.proc.send_signal(signal.SIGINT)
+        run.proc.send_signal(sig)
         code, out, err = run.finish(timeout=120)
     finally:
         run.kill()
-    assert code == 130, (out, err)
-    assert "interrupted" in err and "Traceback" not in err, err
+    name = signal.Signals(sig).name
+    assert code == 1, (out, err)
+    assert f"interrupted by {name} before any host was switched" in err, err
+    assert "Traceback" not in err, err
     assert not any(ops.locks().values())
     assert {h: ops.current(h) for h in HOSTS} == live  # stopped before any switch
     for h in HOSTS:
         rec = ops.history(h)[-1]
         assert (rec["outcome"], rec["commit"], rec["error"]) == (
-            "failed", ops.sha("v4"), "interrupted (Ctrl-C)")
+            "failed", ops.sha("v4"), f"interrupted by {name}")
+
+
+def test_sigterm_mid_wave_rolls_back_every_touched_host(ops):
+    """A CI runner cancelling the job: SIGTERM in wave 2, and a second one during the
+    rollback, which must still finish, write the history and release the lock."""
+    live = {h: ops.current(h) for h in HOSTS}
+    serving = ops.revisions()
+    assert None not in serving.values() and ops.sha("v4") not in serving.values()
+    run = ops.spawn(f"deploy:{SVC},ref=v4")
+    try:
+        run.wait_for(lambda x: x.startswith("wave 2/"), timeout=240)
+        run.proc.send_signal(signal.SIGTERM)
+        run.wait_for(lambda x: x.startswith("rolling back"), timeout=60)
+        run.proc.send_signal(signal.SIGTERM)
+        code, out, err = run.finish(timeout=240)
+    finally:
+        run.kill()
+    assert code == 1, (out, err)
+    assert "every host this deploy touched was rolled back" in err, err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err, err
+    assert {h: ops.current(h) for h in HOSTS} == live
+    assert ops.revisions() == serving
+    assert not any(ops.locks().values())
+    for h in HOSTS:
+        rec = ops.history(h)[-1]
+        assert (rec["outcome"], rec["failed_wave"]) == ("rolled_back", 2), rec
 
 
 # --- history and status agree with the hosts ------------------------------------
