@@ -10,7 +10,7 @@ import time
 
 from . import lock as lock_mod
 from . import releases, signals
-from .errors import DeployError, RestoreFailed, UsageError, errors_text
+from .errors import DeployError, LockedError, RestoreFailed, UsageError, errors_text
 from .hoststate import commit_of, fleet_rollback_target, inspect_all
 from .inventory import Fleet, each
 from .probe import probe
@@ -18,6 +18,11 @@ from .rollout import Rollout, now_iso
 from . import plan as plan_mod
 from .script import facts
 from .vcs import ServiceRepo
+
+
+def _lock(session, fleet, service, action: str) -> lock_mod.FleetLock:
+    return lock_mod.FleetLock(fleet, service, action, wait=session.lock_wait,
+                              say=session.reporter.event)
 
 
 def _service_and_hosts(session, name: str):
@@ -67,7 +72,7 @@ def migrate(session, name: str, to: str | None = None) -> dict:
     with Fleet(session.config, hosts[:1]) as fleet:
         t = fleet[hosts[0]]
         d = service.dir_on(t.host)
-        with lock_mod.FleetLock(fleet, service, "migrate", wait=session.lock_wait):
+        with _lock(session, fleet, service, "migrate"):
             st = inspect_all(service, fleet)[t.name]
             if not st.current:
                 raise UsageError(f"nothing is deployed on {t.name} yet: deploy first.")
@@ -121,7 +126,7 @@ def media(session, name: str) -> None:
     service, hosts = _service_and_hosts(session, name)
     _django(service)
     with Fleet(session.config, hosts) as fleet, \
-            lock_mod.FleetLock(fleet, service, "media", wait=session.lock_wait):
+            _lock(session, fleet, service, "media"):
         states = inspect_all(service, fleet)
 
         def go(t):
@@ -179,12 +184,14 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
     started = time.monotonic()
     with signals.terminating(), Fleet(session.config, hosts) as fleet:
         # The lock first: a state read before it could be changed by the deploy we wait for.
-        lock = lock_mod.FleetLock(fleet, service, "rollback", wait=session.lock_wait)
+        lock = _lock(session, fleet, service, "rollback")
         with lock:
             states = inspect_all(service, fleet)
             targets = _rollback_targets(service, states, to, report)
             record = {"service": service.name, "action": "rollback", "hosts": hosts,
                       "started": now_iso(), "user": lock.owner["user"], "job": lock.owner["job"]}
+            if lock.taken_over:
+                record["took_over_lock"] = lock.taken_over
 
             def back(t):
                 st = states[t.name]
@@ -244,7 +251,7 @@ def restart(session, name: str, *, hard: bool = False) -> None:
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     with Fleet(session.config, hosts) as fleet, \
-            lock_mod.FleetLock(fleet, service, "restart", wait=session.lock_wait):
+            _lock(session, fleet, service, "restart"):
         states = inspect_all(service, fleet)
 
         def go(t):
@@ -293,7 +300,7 @@ def status(session, name: str) -> list[dict]:
 def setup(session, name: str) -> None:
     service, hosts = _service_and_hosts(session, name)
     with Fleet(session.config, hosts) as fleet, \
-            lock_mod.FleetLock(fleet, service, "setup", wait=session.lock_wait):
+            _lock(session, fleet, service, "setup"):
         def go(t):
             t0 = time.monotonic()
             r = t.run(releases.setup_script(service, t.host, service.dir_on(t.host)),
@@ -335,13 +342,33 @@ def history(session, name: str, limit: int = 20) -> list[dict]:
     return rows
 
 
-def unlock(session, name: str) -> None:
+def unlock(session, name: str, *, force: bool = False) -> None:
+    """Break a deploy lock. Only a stale one (its deploy stopped beating) unless force:
+    a fresh heartbeat means a deploy is running, and breaking its lock would let a
+    second deploy run over it."""
     service, hosts = _service_and_hosts(session, name)
+    report = session.reporter
     with Fleet(session.config, hosts) as fleet:
-        out, errors = each(fleet, lambda t: t.run(lock_mod.unlock_script(service.dir_on(t.host))
-                                                  ).stdout, parallel=service.parallel)
+        held = {h: x for h, x in lock_mod.read_locks(fleet, service).items() if x}
+        if not held:
+            report.event("unlock", f"{service.name}: no lock held", hosts=[])
+            return
+        live = {h: x for h, x in held.items()
+                if not x.get("retry") and "raw" not in x and not lock_mod.staleness(x)}
+        if live and not force:
+            h, holder = next(iter(live.items()))
+            raise LockedError(
+                f"{service.name} is locked by a deploy that is still running (its heartbeat "
+                f"is fresh): {lock_mod.describe_holder(dict(holder, host=h))}. Breaking it would "
+                "let two deploys run at once. Wait for it, or if you know it is dead (its "
+                f"machine is gone), break it anyway with: fab unlock:{service.name},force=true")
+        out, errors = each(fleet, lambda t: t.run(lock_mod.remove_lock_script(
+            service.dir_on(t.host) + "/.lock", (held.get(t.name) or {}).get("id"))).stdout,
+            parallel=service.parallel)
     if errors:
         raise DeployError("could not unlock every host:\n" + errors_text(errors))
     freed = [h for h, text in out.items() if "@@unlocked" in text]
-    session.reporter.event("unlock", f"{service.name}: lock removed on {', '.join(freed)}" if freed
-                           else f"{service.name}: no lock held", hosts=freed)
+    holder = next(iter(held.values()))
+    report.event("unlock", f"{service.name}: lock removed on {', '.join(freed)} (it was "
+                           f"held by {lock_mod.describe_holder(holder)})", hosts=freed,
+                 holder=holder)

@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from . import gate
 from . import lock as lock_mod
 from . import releases, signals
-from .errors import (DeployError, HealthGateFailed, PublishFailed, RestoreFailed,
-                     StagingFailed, UsageError, errors_text)
+from .errors import (DeployError, HealthGateFailed, LockedError, PublishFailed,
+                     RestoreFailed, StagingFailed, UsageError, errors_text)
 from .hoststate import inspect_all
 from .inventory import Fleet, Target, each
 from . import plan as plan_mod
@@ -99,10 +99,21 @@ class Rollout:
                  commit=commit, release=self.release, hosts=self.hosts)
         with signals.terminating(), Fleet(self.config, self.hosts) as fleet:
             self.fleet = fleet
-            lock = lock_mod.FleetLock(fleet, svc, self.action, wait=self.session.lock_wait)
-            lock.acquire()
+            self.lock = lock = lock_mod.FleetLock(fleet, svc, self.action,
+                                                  wait=self.session.lock_wait, say=self.say)
             self.record["user"] = lock.owner["user"]
             self.record["job"] = lock.owner["job"]
+            try:
+                lock.acquire()
+            except LockedError:
+                raise  # another deploy's business: not ours to record
+            except DeployError as e:  # a host is down: say so in the others' history
+                self.record.update(outcome="failed", failed_step="lock", error=str(e),
+                                   duration=round(time.monotonic() - self.started, 2))
+                self._write_history()
+                raise
+            if lock.taken_over:  # the fleet a dead deploy left may be mixed: keep its story
+                self.record["took_over_lock"] = lock.taken_over
             try:
                 outcome = self._locked(repo)
             except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP outside a wave
@@ -134,6 +145,7 @@ class Rollout:
         self.record["waves"] = waves
         for i, wave in enumerate(waves, 1):
             self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i, hosts=wave)
+            self.lock.note(wave=i, release=self.release)
             t0 = time.monotonic()
             try:
                 self._activate(wave)
