@@ -138,12 +138,25 @@ class Printer:
         self.reporter.event("log", f"{name} {log.ljust(self.label_width)} | {text}")
 
 
+def _lines(value) -> int | None:
+    """`lines=` as given on the command line (text) or by a caller (int)."""
+    if value is None:
+        return None
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise UsageError(f"lines={value}: give a number of lines, 0 or more "
+                         "(e.g. fab monitor:SERVICE,lines=50).")
+    return n
+
+
 def monitor(session, name: str, *, lines: int | None = None, follow=None) -> None:
     service = session.config.service(name)
     hosts = session.hosts_for(service)
     follow = _flag(follow, default=lines is None)
-    if lines is not None and lines < 0:
-        raise UsageError(f"lines={lines}: give a number of lines, 0 or more.")
+    lines = _lines(lines)
     labels = [label(p) for p in log_paths(service, "")]
     printer = Printer(session.reporter, hosts, labels)
     with Fleet(session.config, hosts) as fleet:

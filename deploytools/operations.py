@@ -30,8 +30,18 @@ def _service_and_hosts(session, name: str):
     return service, session.hosts_for(service)
 
 
+def _given(value: str | None, what: str, example: str) -> str | None:
+    """An argument that was given must say something: an empty `ref=` (a CI job whose
+    $TAG came out empty) would otherwise deploy the default branch."""
+    if value is not None and not str(value).strip():
+        raise UsageError(f"{what}= is empty. Give it a value ({example}), or leave it out "
+                         "to use the default.")
+    return value
+
+
 def deploy(session, name: str, ref: str | None = None, *, force: bool = False,
            smart: bool = False) -> dict:
+    ref = _given(ref, "ref", "a branch, tag or commit")
     service, hosts = _service_and_hosts(session, name)
     return Rollout(session, service, hosts, ref=ref, force=force,
                    action="smart_deploy" if smart else "deploy", smart=smart).run()
@@ -39,6 +49,7 @@ def deploy(session, name: str, ref: str | None = None, *, force: bool = False,
 
 def plan(session, name: str, ref: str | None = None) -> dict:
     """Dry run of smart_deploy: reads the hosts and the repo, changes nothing."""
+    ref = _given(ref, "ref", "a branch, tag or commit")
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     rollout = Rollout(session, service, hosts, ref=ref, smart=True, action="plan")
@@ -67,6 +78,7 @@ def _django(service) -> None:
 def migrate(session, name: str, to: str | None = None) -> dict:
     """Apply the live release's unapplied migrations once (on the first host), or with
     `to=RELEASE`, migrate to the state recorded in that release's manifest."""
+    to = _given(to, "to", "a release name")
     service, hosts = _service_and_hosts(session, name)
     _django(service)
     with Fleet(session.config, hosts[:1]) as fleet:
@@ -179,6 +191,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
     Rolling back across migrations warns and names them; with migrate=True they
     are reversed first (with the newer code, which knows them) to the state
     recorded in the target release."""
+    to = _given(to, "to", "a release name, tag or commit")
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     started = time.monotonic()
