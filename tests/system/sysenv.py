@@ -5,9 +5,12 @@ environment (tests/, tests/system/ and examples/ are on pytest's `pythonpath`)."
 from __future__ import annotations
 
 import json
+import queue
 import os
 import subprocess
+import threading
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +125,53 @@ class Postgres:
 
     def query(self, db: str, sql: str) -> str:
         return _pg(sql, self.db_name(db))
+
+
+class Running:
+    """A fab subprocess whose stdout lines are collected (with arrival times) as they come."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.pid = proc.pid
+        self.lines: "queue.Queue[tuple[float, str]]" = queue.Queue()
+        self.seen: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in iter(self.proc.stdout.readline, ""):
+            self.lines.put((time.monotonic(), line.rstrip("\n")))
+
+    def wait_for(self, predicate, timeout: float) -> tuple[float, str]:
+        """The first line (from now on, or already seen) matching predicate."""
+        for item in self.seen:
+            if predicate(item[1]):
+                return item
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                item = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                code = self.proc.poll()
+                err = self.proc.stderr.read() if code is not None else ""
+                raise AssertionError(f"no matching line after {timeout}s; got:\n"
+                                     + "\n".join(x[1] for x in self.seen)
+                                     + f"\n--- exit {code}\n{err}") from None
+            self.seen.append(item)
+            if predicate(item[1]):
+                return item
+
+    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        stderr = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return code, "\n".join(x[1] for x in self.seen), stderr
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
