@@ -56,7 +56,15 @@ class ConfigError(DeployError):
 
 
 class ConnectionFailed(DeployError):
-    """A host could not be reached over SSH."""
+    """A host could not be reached over SSH.
+
+    `delivered` says whether the command in hand may have reached the host: False
+    when the connection was refused or was already known dead before sending it (so
+    the host is as it was), True when it broke while the command ran (unknown)."""
+
+    def __init__(self, message: str, *, host: str | None = None, delivered: bool = True):
+        super().__init__(message, host=host)
+        self.delivered = delivered
 
 
 class RemoteCommandError(DeployError):

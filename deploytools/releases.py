@@ -305,15 +305,20 @@ def read_migrations_script(dir: str, releases_: list[str]) -> str:
 # --- operations: the scripts above, run on one target, their facts read back ---
 
 
+def switch(service, t, release: str, *, force_restart: bool = False) -> str:
+    """Swap `current` to `release` on target `t` and reload or restart onto it.
+    Returns the mode: reload, restart or start."""
+    r = t.run(activate_script(service, service.dir_on(t.host), release,
+                              force_restart=force_restart), what=f"activating {release}")
+    return facts(r.stdout).get("mode", "?")
+
+
 def activate(service, t, release: str, *, force_restart: bool = False) -> str:
     """Make `release` live on target `t` and wait until it serves it (readiness:
-    every worker on the new release, then the health probe). Returns the mode:
-    reload, restart or start."""
-    dir = service.dir_on(t.host)
-    r = t.run(activate_script(service, dir, release, force_restart=force_restart),
-              what=f"activating {release}")
+    every worker on the new release, then the health probe). Returns the mode."""
+    mode = switch(service, t, release, force_restart=force_restart)
     wait_ready(service, t, release)
-    return facts(r.stdout).get("mode", "?")
+    return mode
 
 
 def wait_ready(service, t, release: str) -> None:

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from . import gate
 from . import lock as lock_mod
 from . import releases, signals
-from .errors import (DeployError, HealthGateFailed, LockedError, PublishFailed,
+from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
                      RestoreFailed, StagingFailed, UsageError, errors_text)
 from .hoststate import inspect_all
 from .inventory import Fleet, Target, each
@@ -308,7 +308,12 @@ class Rollout:
         def activate(t):
             run = self.runs[t.name]
             run.activated = True  # from here on, `current` may have moved
-            mode = releases.activate(svc, t, self.release)
+            try:
+                mode = releases.switch(svc, t, self.release)
+            except ConnectionFailed as e:
+                run.activated = e.delivered  # never sent: the host is as it was
+                raise
+            releases.wait_ready(svc, t, self.release)
             run.steps.append(f"activate_{mode}")
             self.say("activated", f"  {t.name}: serving {self.release} ({mode})", host=t.name,
                      mode=mode)
