@@ -319,7 +319,13 @@ def safe_path(value: str) -> None:
     if not _SAFE_PATH.fullmatch(value):
         raise ValueError(f"expected a path of {SAFE_PATH_RULE} (it is written into "
                          f"supervisord's config, systemd units and shell commands), "
-                         f"got {show(value)}")
+                         f"got {value!r}")
+
+
+def host_root(value: str) -> None:
+    """A host's root: a safe path, or one under `~/` (checked again once expanded)."""
+    nonblank(value)
+    safe_path(value[2:] if value.startswith("~/") else value)
 
 
 def env_value(value: str) -> None:

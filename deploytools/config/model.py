@@ -18,9 +18,10 @@ from .declare import (
     BOOL, BY_KIND, DJANGO_ONLY, INT, NUMBER, PATH, REQUIRED, ROLLOUT_STEP, STATUS, STR,
     Declared, ListOf, MapOf, Section, Setting, Type, absolute_path, address, all_of, app_ref,
     at_least, at_least_one, at_most, bind_address, branch_name, build_output, did_you_mean,
-    env_name, env_value, non_negative, nonblank, one_of, pathspec, port_number, positive,
-    probability, program, rate, relative_path, repo_url, rollout_step, safe_path,
-    setting, settings_of, shell_line, single_line, small_rate, status, tag_prefix, url_path, user_name,
+    env_name, env_value, host_root, non_negative, nonblank, one_of, pathspec, port_number,
+    positive, probability, program, rate, relative_path, repo_url, rollout_step, safe_path,
+    setting, settings_of, shell_line, single_line, small_rate, status, tag_prefix, url_path,
+    user_name,
 )
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
@@ -98,7 +99,7 @@ class Host(Declared):
         BOOL, False, None,
         "Run this host's commands on this machine, without SSH (the demo fleet).")
     root: str | None = setting(  # absolute once loaded; overrides Service.root on this host
-        PATH, None, nonblank,
+        PATH, None, host_root,
         "Overrides the service `root` on this host. Absolute for a remote host; for a local "
         "host a relative path is resolved against the directory of services.yaml (how a "
         "demo fleet gives each host its own directory). Like the service `root`, it may "
