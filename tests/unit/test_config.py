@@ -12,6 +12,7 @@ import pytest
 
 from deploytools import config
 from deploytools.config import Gate, Health, load, parse
+from deploytools.config.__main__ import main as check_main
 from deploytools.errors import ConfigError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -453,12 +454,11 @@ def test_each_key_is_declared_once_as_a_model_field():
 
 
 def test_check_command(tmp_path, capsys):
-    from deploytools.config.__main__ import main
-    assert main(["--check", str(write(tmp_path, MINIMAL))]) == 0
+    assert check_main(["--check", str(write(tmp_path, MINIMAL))]) == 0
     assert capsys.readouterr().out.endswith(": ok: hosts web-0; roles -; services skiff\n")
-    assert main(["--check", str(write(tmp_path, "hosts: [\n"))]) == 2
+    assert check_main(["--check", str(write(tmp_path, "hosts: [\n"))]) == 2
     assert capsys.readouterr().err.startswith(f"Error: {tmp_path}/services.yaml:")
-    assert main(["--reference"]) == 2  # moved to docs/gen_reference.py
+    assert check_main(["--reference"]) == 2  # moved to docs/gen_reference.py
 
 
 def test_the_good_service_of_the_broken_cases_loads(tmp_path):
