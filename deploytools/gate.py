@@ -22,9 +22,8 @@ from datetime import datetime, timedelta, timezone
 
 import requests
 
-from . import health
+from . import health, render
 from .errors import HealthGateFailed
-from .script import q
 
 
 def settings_for(service) -> health.GateSettings:
@@ -77,15 +76,13 @@ class Prober:
 
 
 def log_size_script(path: str) -> str:
-    return f"stat -c %s {q(path)} 2>/dev/null || echo 0"
+    """Prints the log's size in bytes (0 when absent)."""
+    return render.render_script("log_size.sh.j2", path=path)
 
 
 def log_read_script(path: str, offset: int) -> str:
     """The log from byte `offset` on; all of it if it shrank (rotated); nothing if absent."""
-    p = q(path)
-    return (f"[ -f {p} ] || exit 0\n"
-            f"off={int(offset)}; [ \"$(stat -c %s {p})\" -ge \"$off\" ] || off=0\n"
-            f"tail -c +$((off + 1)) {p}\n")
+    return render.render_script("log_read.sh.j2", path=path, offset=int(offset))
 
 
 class AccessLogs:

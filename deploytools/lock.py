@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 
 from .errors import LockedError
 from .inventory import each
-from .script import q
+from . import render
+from .script import facts
 
 # Seconds between heartbeats; DEPLOYTOOLS_LOCK_HEARTBEAT overrides it (tests).
 HEARTBEAT = 5.0
@@ -92,15 +93,21 @@ def staleness(holder: dict, *, hostname: str | None = None, alive=pid_alive) -> 
 
 
 def acquire_script(path: str, record: str) -> str:
-    """Take the lock at `path`, or print who holds it and their heartbeat's age."""
-    return (f"mkdir -p {q(os.path.dirname(path))}\n"
-            f"if (set -o noclobber; printf '%s\\n' {q(record)} > {q(path)}) 2>/dev/null; then\n"
-            f"  echo '@@lock acquired'\n"
-            f"else\n"
-            f"  echo '@@lock held'\n"
-            f"  echo \"@@age $(( $(date +%s) - $(stat -c %Y {q(path)} 2>/dev/null || date +%s) ))\"\n"
-            f"  printf '@@holder %s\\n' \"$(tr -d '\\n' < {q(path)} 2>/dev/null || true)\"\n"
-            f"fi\n")
+    """Take the lock at `path`, or print who holds it and their heartbeat's age.
+
+    Prints `@@lock acquired`, or `@@lock held`, `@@age SECONDS`, `@@holder RECORD`."""
+    return render.render_script("lock_acquire.sh.j2", path=path, record=record,
+                                lock_dir=os.path.dirname(path))
+
+
+def heartbeat_script(path: str, token: str) -> str:
+    """Touch the lock at `path` while it holds `token` (never recreate a removed one)."""
+    return render.render_script("lock_heartbeat.sh.j2", path=path, token=token)
+
+
+def release_script(path: str, token: str) -> str:
+    """Remove the lock at `path` if it still holds `token`."""
+    return render.render_script("lock_release.sh.j2", path=path, token=token)
 
 
 def parse_holder(stdout: str) -> dict | None:
@@ -108,17 +115,14 @@ def parse_holder(stdout: str) -> dict | None:
 
     An empty record (the lock vanished, or its writer is mid-write) comes back
     as {"retry": True}."""
-    if "@@lock acquired" in stdout:
+    f = facts(stdout)
+    if f.get("lock") == "acquired":
         return None
-    age, text = None, ""
-    for line in stdout.splitlines():
-        if line.startswith("@@age "):
-            try:
-                age = float(line[6:])
-            except ValueError:
-                pass
-        elif line.startswith("@@holder "):
-            text = line[9:].strip()
+    try:
+        age = float(f["age"]) if "age" in f else None
+    except ValueError:
+        age = None
+    text = f.get("holder", "")
     if not text:
         return {"retry": True, "raw": "", "age": age}
     try:
@@ -195,12 +199,8 @@ class FleetLock:
         return None
 
     def _heartbeat(self) -> None:
-        token = q(self.owner["id"])
-
         def beat(t):
-            path = q(self._path(t))
-            t.run(f"grep -qF {token} {path} 2>/dev/null && touch -c {path} || true",
-                  check=False, timeout=max(5.0, self.interval), what="lock heartbeat")
+            t.run(heartbeat_script(self._path(t), self.owner["id"]), check=False, timeout=max(5.0, self.interval), what="lock heartbeat")
         while not self._stop.wait(self.interval):
             # A missed beat (a host briefly unreachable) is not worth failing a deploy for.
             each([self.fleet[n] for n in self.held], beat, parallel=8)
@@ -210,13 +210,9 @@ class FleetLock:
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join(timeout=10)
             self._beat = None
-        token = q(self.owner["id"])
-
         def drop(target):
             if target.name in self.held:
-                path = q(self._path(target))
-                target.run(f"grep -qF {token} {path} 2>/dev/null && rm -f {path} || true",
-                           check=False, what="releasing the deploy lock")
+                target.run(release_script(self._path(target), self.owner["id"]), check=False, what="releasing the deploy lock")
         each([self.fleet[n] for n in reversed(self.held)], drop, parallel=8)
         self.held.clear()
 
@@ -239,12 +235,15 @@ def describe_holder(holder: dict) -> str:
 
 
 def unlock_script(dir: str) -> str:
-    return f"if [ -f {q(dir)}/.lock ]; then cat {q(dir)}/.lock; rm -f {q(dir)}/.lock; echo @@unlocked; fi\n"
+    """Break the lock: prints the record it held, then `@@unlocked`."""
+    return render.render_script("unlock.sh.j2", dir=dir)
 
 
 def history_append_script(dir: str, record: dict) -> str:
+    """Append `record` as one JSON line to the host's history.jsonl (any size: the
+    script travels on stdin and printf is a builtin, so no argument limit applies)."""
     line = json.dumps(record, sort_keys=True, default=str)
-    return f"mkdir -p {q(dir)} && printf '%s\\n' {q(line)} >> {q(dir)}/history.jsonl\n"
+    return render.render_script("history_append.sh.j2", dir=dir, line=line)
 
 
 HISTORY_COLUMNS = ("when", "who", "action", "from", "to", "tag", "outcome", "secs", "hosts",
@@ -272,4 +271,5 @@ def gate_text(gate: dict) -> str:
 
 
 def history_read_script(dir: str, limit: int) -> str:
-    return f"tail -n {int(limit)} {q(dir)}/history.jsonl 2>/dev/null || true\n"
+    """The last `limit` lines of the host's history.jsonl."""
+    return render.render_script("history_read.sh.j2", dir=dir, limit=int(limit))

@@ -19,7 +19,7 @@ from .errors import (DeployError, HealthGateFailed, RemoteCommandError, RestoreF
                      StagingFailed, UsageError)
 from .inventory import Fleet, Target, each
 from . import plan as plan_mod
-from .script import facts, q, write_file
+from .script import fact_list, facts, write_file
 from .vcs import ServiceRepo
 from .waves import compute_waves
 
@@ -349,7 +349,7 @@ class Rollout:
             keep_prev = self.runs[t.name].previous
             r = t.run(releases.prune_script(self.dir(t), self.service.keep_releases,
                                             [keep_prev]), what="pruning old releases")
-            return [line[9:] for line in r.stdout.splitlines() if line.startswith("@@pruned ")]
+            return fact_list(r.stdout, "pruned")
         pruned, errors = self.parallel(self.fleet, prune)
         for name, err in errors.items():
             self.say("warning", f"  {name}: pruning failed (the deploy is fine): {err}", host=name)
@@ -382,9 +382,7 @@ def restore(service, t: Target, release: str | None) -> None:
     """Put `release` back live on one host and verify it serves (None: stop the service)."""
     dir = service.dir_on(t.host)
     if release is None:
-        from .supervisor import ctl
-        t.run(f"cd {q(dir)}\n{ctl(dir)} stop {q(service.name)} >/dev/null 2>&1 || true\n"
-              "rm -f current\n", what="removing a first release")
+        t.run(releases.stop_script(service, dir), what="removing a first release")
         return
     t.run(releases.activate_script(service, dir, release), what=f"restoring {release}")
     timeout = service.health.timeout + service.graceful_timeout
