@@ -47,16 +47,27 @@ class UnquotedValue(ValueError):
     """A remote script template interpolated a value without saying how it is quoted."""
 
 
-def shquote(value) -> Markup:
-    """One shell word, quoted (marked safe for the script environment)."""
-    return Markup(shlex.quote(str(value)))
+def shquote(value) -> str:
+    """One shell word, quoted."""
+    return shlex.quote(str(value))
 
 
-def shwords(value) -> Markup:
-    """A string of shell words (`pip_args`) split as a shell would, each quoted
-    again: its quoting groups words, and nothing in it is ever expanded."""
+def shwords(value) -> str:
+    """Shell words, each quoted: a list as it is, or a string (`pip_args`) split as a
+    shell would first, so its quoting groups words and nothing in it is expanded."""
     words = value if isinstance(value, (list, tuple)) else shlex.split(str(value or ""))
-    return Markup(" ".join(shlex.quote(str(w)) for w in words))
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+# In templates the filters return Markup, the mark `_quoted_only` lets through. (Never
+# add a Markup to a str in Python, or `~` one in a template: markupsafe would
+# HTML-escape the other side. A unit test renders every script and looks for that.)
+def _quoted_word(value) -> Markup:
+    return Markup(shquote(value))
+
+
+def _quoted_words(value) -> Markup:
+    return Markup(shwords(value))
 
 
 def _quoted_only(value):
@@ -76,9 +87,11 @@ def _script_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True, autoescape=True,
-                             finalize=_quoted_only)
-    env.filters["shquote"] = shquote
-    env.filters["shwords"] = shwords
+                             finalize=_quoted_only,
+                             # bash has `${#array[@]}`: template comments are {## ... ##}
+                             comment_start_string="{##", comment_end_string="##}")
+    env.filters["shquote"] = _quoted_word
+    env.filters["shwords"] = _quoted_words
     env.filters["b64"] = lambda v: base64.b64encode(
         v.encode() if isinstance(v, str) else v).decode()
     env.filters["octal"] = lambda v: Markup(f"{int(v):o}")

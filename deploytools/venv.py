@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 
 from . import render
+from .errors import ConfigError
 
 # Added to every WSGI service's venv; a pin in the service's requirements wins.
 GUNICORN = "gunicorn>=21"
@@ -21,6 +22,16 @@ def extra_packages(service) -> list[str]:
     return [] if service.kind == "command" else [GUNICORN]
 
 
+def pip_words(service) -> list[str]:
+    """`pip_args` split into words as a shell would (each is quoted again when used)."""
+    try:
+        return shlex.split(service.pip_args or "")
+    except ValueError as e:
+        raise ConfigError(f"services.{service.name}.pip_args: cannot split "
+                          f"{service.pip_args!r} into words ({e}). Close the quote, or "
+                          "quote the value with single quotes.") from None
+
+
 def context(service, dir: str, release_dir: str) -> dict:
     """What venv.sh.j2 needs: the requirements file, the packages we add, and the
     text hashed into the key besides the requirements and the interpreter."""
@@ -28,7 +39,7 @@ def context(service, dir: str, release_dir: str) -> dict:
     # Unchanged since keys were first computed, so existing venvs keep their key.
     key_inputs = f"{service.python}|{service.pip_args}|{' '.join(shlex.quote(p) for p in extras)}"
     return dict(service=service, dir=dir, requirements=f"{release_dir}/{service.requirements}",
-                extras=extras, key_inputs=key_inputs)
+                extras=extras, key_inputs=key_inputs, pip_words=pip_words(service))
 
 
 def build_script(service, dir: str, release_dir: str) -> str:
@@ -44,4 +55,4 @@ def tools_script(service, dir: str) -> str:
 
     Prints `@@tools built`."""
     return render.render_script("tools.sh.j2", service=service, dir=dir,
-                                supervisor_package=SUPERVISOR)
+                                supervisor_package=SUPERVISOR, pip_words=pip_words(service))
