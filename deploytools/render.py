@@ -84,7 +84,7 @@ def _quoted_only(value):
 def _script_env() -> jinja2.Environment:
     # autoescape only so that macros and filters return Markup, which `finalize`
     # lets through; it never HTML-escapes, since `finalize` quotes or refuses first.
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    env = jinja2.Environment(loader=_env().loader,  # the same templates/ as every file
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True, autoescape=True,
                              finalize=_quoted_only,
