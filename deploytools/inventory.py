@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,34 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join("    " + line for line in kept)
 
 
+# The only command line a host ever sees: the script itself comes on stdin.
+REMOTE_SHELL = "bash -s"
+
+
+def stdin_program(script: str) -> str:
+    """What `bash -s` reads on stdin to run `script` (bash, -e -u -o pipefail).
+
+    Scripts reach hosts on stdin, never in argv (as Ansible's pipelining does):
+    a command line is readable by every local user in /proc/PID/cmdline, and a
+    script carries file contents, the env file's secrets included. The script
+    is one brace group, so bash parses all of it before it runs any of it (a
+    transfer cut short runs nothing) and runs it with stdin from /dev/null (no
+    command in it can read the rest of the script as its input).
+    """
+    return "{\nset -euo pipefail\n" + script.rstrip("\n") + "\n} </dev/null\n"
+
+
+def stream_program(script: str) -> str:
+    """Like `stdin_program`, for `stream`: the script runs in the background while
+    the shell waits for its stdin to close, which happens when the controller stops
+    following (or goes away); then it ends the whole process group, so a quiet
+    `tail -F` never outlives us. No pty is needed for that, so nothing is echoed."""
+    return ("{\n(\nset -euo pipefail\n" + script.rstrip("\n") + "\n) </dev/null &\n"
+            "child=$!\n"
+            "(cat >/dev/null 2>&1; kill -TERM 0) <&0 >/dev/null 2>&1 &\n"
+            "rc=0\nwait \"$child\" || rc=$?\nexit \"$rc\"\n} 2>&1\n")
+
+
 class Target:
     """A host we can run shell scripts on. Subclasses implement `_exec`, `put`, `get`."""
 
@@ -52,13 +81,14 @@ class Target:
 
     def run(self, script: str, *, check: bool = True, timeout: float | None = None,
             what: str = "") -> Result:
-        """Run `script` with bash (-e -u -o pipefail) and return its Result.
+        """Run `script` with bash (-e -u -o pipefail), sent on its stdin, and return
+        its Result.
 
         With check, a non-zero exit raises RemoteCommandError whose message
         carries the last lines of output, so the CLI can say what failed.
         """
-        body = "set -euo pipefail\n" + script
-        result = self._exec(body, timeout)
+        result = self._exec(stdin_program(script), timeout)
+        result = Result(result.host, script, result.stdout, result.stderr, result.exited)
         if check and not result.ok:
             output = result.stderr.strip() or result.stdout.strip()
             raise RemoteCommandError(
@@ -67,7 +97,8 @@ class Target:
                 stderr=result.stderr, exited=result.exited)
         return result
 
-    def _exec(self, script: str, timeout: float | None) -> Result:
+    def _exec(self, program: str, timeout: float | None) -> Result:
+        """Run `bash -s` with `program` on its stdin (then EOF)."""
         raise NotImplementedError
 
     def stream(self, script: str, on_line: Callable[[str], None], *,
@@ -93,13 +124,14 @@ class Target:
 class LocalTarget(Target):
     """A `local: true` host: commands run on this machine, in its own root."""
 
-    def _exec(self, script: str, timeout: float | None) -> Result:
+    def _exec(self, program: str, timeout: float | None) -> Result:
         try:
-            proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(shlex.split(REMOTE_SHELL), input=program, capture_output=True,
+                                  text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
-            return Result(self.name, script, e.stdout or "", f"timed out after {timeout}s", 124)
-        return Result(self.name, script, proc.stdout, proc.stderr, proc.returncode)
+            out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else e.stdout
+            return Result(self.name, program, out or "", f"timed out after {timeout}s", 124)
+        return Result(self.name, program, proc.stdout, proc.stderr, proc.returncode)
 
     def put(self, data: bytes | str, path: str, mode: int = 0o644) -> None:
         raw = data.encode() if isinstance(data, str) else data
@@ -114,9 +146,14 @@ class LocalTarget(Target):
 
     def stream(self, script, on_line, *, stop=None):
         # Its own session, so stopping kills the whole script, not just bash.
-        proc = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + script],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(shlex.split(REMOTE_SHELL), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.stdin.write(stdin_program(script).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it exited already; its status says why
         fd = proc.stdout.fileno()
 
         def read():
@@ -192,27 +229,69 @@ class SSHTarget(Target):
                 "and its address and port in services.yaml.", host=self.name) from None
         return conn
 
-    def _exec(self, script: str, timeout: float | None) -> Result:
-        conn = self._connection()
-        command = "bash -c " + shlex.quote(script)
-        try:
-            r = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
-        except Exception as e:  # invoke's CommandTimedOut, paramiko channel errors
-            from invoke.exceptions import CommandTimedOut
-            if isinstance(e, CommandTimedOut):
-                return Result(self.name, script, e.result.stdout, f"timed out after {timeout}s", 124)
-            raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
-                                   host=self.name) from None
-        return Result(self.name, script, r.stdout, r.stderr, r.exited)
-
-    def stream(self, script, on_line, *, stop=None):
+    def _session(self):
+        """A new channel on the host's connection (reconnecting if it dropped)."""
         import paramiko
-        conn = self._connection()
         try:
-            chan = conn.create_session()
+            return self._connection().create_session()
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
                                    host=self.name) from None
+
+    def _exec(self, program: str, timeout: float | None) -> Result:
+        import paramiko
+        chan = self._session()
+        out, err = bytearray(), bytearray()
+
+        def send():
+            try:
+                chan.sendall(program.encode())
+                chan.shutdown_write()  # EOF: bash -s has the whole program
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the channel is gone: the readers see that
+
+        def drain(recv, into):
+            try:
+                while True:
+                    data = recv(65536)
+                    if not data:
+                        return
+                    into += data
+            except (OSError, EOFError, paramiko.SSHException):
+                return
+
+        threads = [threading.Thread(target=send, daemon=True),
+                   threading.Thread(target=drain, args=(chan.recv, out), daemon=True),
+                   threading.Thread(target=drain, args=(chan.recv_stderr, err), daemon=True)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            chan.exec_command(REMOTE_SHELL)
+            for t in threads:
+                t.start()
+            for t in threads[1:]:
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            done = not any(t.is_alive() for t in threads[1:]) and chan.status_event.wait(
+                None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            chan.close()
+            raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
+                                   host=self.name) from None
+        if not done:
+            chan.close()
+            return Result(self.name, program, out.decode("utf-8", "replace"),
+                          f"timed out after {timeout}s", 124)
+        status = chan.exit_status
+        transport = chan.get_transport()
+        chan.close()
+        if status == -1 and not (transport and transport.is_active()):
+            raise ConnectionFailed(f"lost the connection to {self.describe()} while it ran "
+                                   "a command", host=self.name)
+        return Result(self.name, program, out.decode("utf-8", "replace"),
+                      err.decode("utf-8", "replace"), status)
+
+    def stream(self, script, on_line, *, stop=None):
+        import paramiko
+        chan = self._session()
 
         def read():
             try:
@@ -220,11 +299,12 @@ class SSHTarget(Target):
             except socket.timeout:
                 return None
         try:
-            # A pty, so closing the channel hangs up the remote command (sshd
-            # sends it SIGHUP); without one a quiet `tail -F` would outlive us.
-            chan.get_pty(term="dumb", width=4096)
             chan.settimeout(0.2)
-            chan.exec_command("bash -c " + shlex.quote("set -euo pipefail\n" + script))
+            chan.exec_command(REMOTE_SHELL)
+            # Sent, but stdin stays open: its EOF (our close) is what stops the script.
+            chan.settimeout(None)
+            chan.sendall(stream_program(script).encode())
+            chan.settimeout(0.2)
             finished = _pump(read, on_line, stop)
             return chan.recv_exit_status() if finished else None
         except (OSError, EOFError, paramiko.SSHException) as e:

@@ -127,7 +127,7 @@ def _reverse_migrations(service, t, current: str, target: str, report) -> list[s
             commands.append((app, then.get(app) or "zero"))
     d = service.dir_on(t.host)
     for app, name in commands:
-        t.run(releases.manage_script(service, d, current, f"migrate --noinput {app} {name}"),
+        t.run(releases.manage_script(service, d, current, ["migrate", "--noinput", app, name]),
               what=f"reversing migrations of {app} to {name}")
         report.event("migrate", f"  {t.name}: {app} migrated back to {name}", app=app, to=name)
     return [f"{app}->{name}" for app, name in commands]

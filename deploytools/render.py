@@ -3,15 +3,23 @@
 Per release (so staging never touches the live config, and a rollback brings
 the old config back with the old code): gunicorn.conf.py, env (0600), start.
 Per service: supervisord.conf, bin/ctl, init.d script, systemd unit.
+
+The remote bash programs (templates/remote/*.sh.j2) are rendered by
+`render_script`, in an environment where quoting happens at one edge: every
+`{{ value }}` must say how it is made safe for the shell (`shquote`, `shwords`,
+or a number); anything else fails to render, so no value is ever pasted in
+unquoted (pyinfra's StringCommand/QuoteString, enforced).
 """
 from __future__ import annotations
 
+import base64
 import shlex
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -33,6 +41,66 @@ def _env() -> jinja2.Environment:
 
 def render(name: str, **context) -> str:
     return _env().get_template(name).render(**context)
+
+
+class UnquotedValue(ValueError):
+    """A remote script template interpolated a value without saying how it is quoted."""
+
+
+def shquote(value) -> str:
+    """One shell word, quoted."""
+    return shlex.quote(str(value))
+
+
+def shwords(value) -> str:
+    """Shell words, each quoted: a list as it is, or a string (`pip_args`) split as a
+    shell would first, so its quoting groups words and nothing in it is expanded."""
+    words = value if isinstance(value, (list, tuple)) else shlex.split(str(value or ""))
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+# In templates the filters return Markup, the mark `_quoted_only` lets through. (Never
+# add a Markup to a str in Python, or `~` one in a template: markupsafe would
+# HTML-escape the other side. A unit test renders every script and looks for that.)
+def _quoted_word(value) -> Markup:
+    return Markup(shquote(value))
+
+
+def _quoted_words(value) -> Markup:
+    return Markup(shwords(value))
+
+
+def _quoted_only(value):
+    """`finalize` of the script environment: what reaches the script is quoted."""
+    if isinstance(value, Markup):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Markup(str(value))
+    raise UnquotedValue(f"unquoted value {value!r} in a remote script template: pipe it "
+                        "through shquote (one word) or shwords (a list of words)")
+
+
+@lru_cache(maxsize=1)
+def _script_env() -> jinja2.Environment:
+    # autoescape only so that macros and filters return Markup, which `finalize`
+    # lets through; it never HTML-escapes, since `finalize` quotes or refuses first.
+    env = jinja2.Environment(loader=_env().loader,  # the same templates/ as every file
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True, autoescape=True,
+                             finalize=_quoted_only,
+                             # bash has `${#array[@]}`: template comments are {## ... ##}
+                             comment_start_string="{##", comment_end_string="##}")
+    env.filters["shquote"] = _quoted_word
+    env.filters["shwords"] = _quoted_words
+    env.filters["b64"] = lambda v: base64.b64encode(
+        v.encode() if isinstance(v, str) else v).decode()
+    env.filters["octal"] = lambda v: Markup(f"{int(v):o}")
+    return env
+
+
+def render_script(name: str, **context) -> str:
+    """Render the remote program templates/remote/NAME (bash, run by `Target.run`)."""
+    return str(_script_env().get_template(f"remote/{name}").render(**context))
 
 
 def bind_for(service, host) -> str:

@@ -18,7 +18,7 @@ from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedErro
 from .hoststate import inspect_all
 from .inventory import Fleet, Target, each
 from . import plan as plan_mod
-from .script import facts, write_file
+from .script import fact_list, facts, write_file
 from .vcs import ServiceRepo
 from .waves import compute_waves
 
@@ -371,7 +371,7 @@ class Rollout:
             keep_prev = self.runs[t.name].previous
             r = t.run(releases.prune_script(self.dir(t), self.service.keep_releases,
                                             [keep_prev]), what="pruning old releases")
-            return [line[9:] for line in r.stdout.splitlines() if line.startswith("@@pruned ")]
+            return fact_list(r.stdout, "pruned")
         pruned, errors = self.parallel(self.fleet, prune)
         for name, err in errors.items():
             self.say("warning", f"  {name}: pruning failed (the deploy is fine): {err}", host=name)
