@@ -310,6 +310,13 @@ SSH = _settings(
     Setting("identity_file", PATH, None, nonblank,
             "Private key for hosts that do not set their own (default: your SSH agent and keys)."),
     Setting("connect_timeout", INT, 10, at_least(1), "Seconds to wait for an SSH connection."),
+    Setting("config_file", PATH, "~/.ssh/config", nonblank,
+            "OpenSSH client config read for every host's `address` and every ProxyJump hop: "
+            "Host aliases, HostName, Port, User, IdentityFile, ProxyJump. services.yaml values "
+            "win. A missing file is no config."),
+    Setting("forward_agent", BOOL, False, None,
+            "Forward your SSH agent to the hosts (never done unless this is true, whatever the "
+            "ssh config says)."),
 )
 
 HOST = _settings(
@@ -317,7 +324,8 @@ HOST = _settings(
             "Hostname or IP address: where SSH connects and where health checks reach the "
             "service. Required unless `local`; a local host defaults to 127.0.0.1.",
             doc_default="required; `\"127.0.0.1\"` if local"),
-    Setting("port", INT, 22, port_number, "SSH port."),
+    Setting("port", INT, None, port_number,
+            "SSH port (default: the ssh config's Port for this address, else 22)."),
     Setting("user", STR, None, user_name, "SSH user (default: your SSH configuration's)."),
     Setting("local", BOOL, False, None,
             "Run this host's commands on this machine, without SSH (the demo fleet)."),
@@ -501,6 +509,10 @@ SERVICE = _settings(
             "Extra arguments for `pip install`, e.g. `--index-url https://...`.",
             defaultable=True),
     Setting("parallel", INT, 8, at_least(1), "Most hosts worked on at once.", defaultable=True),
+    Setting("templates", PATH, None, nonblank,
+            "Directory of your own templates (relative to services.yaml): a file there replaces "
+            "the packaged template of the same name, e.g. `supervisord.conf.j2`.",
+            defaultable=True),
 )
 
 DEFAULTABLE = {name: s for name, s in SERVICE.items() if s.defaultable}
@@ -550,13 +562,15 @@ class Ssh:
     known_hosts: str  # expanded, absolute
     identity_file: str | None
     connect_timeout: int
+    config_file: str  # expanded, absolute; may not exist
+    forward_agent: bool
 
 
 @dataclass(frozen=True)
 class Host:
     name: str
     address: str
-    port: int
+    port: int | None  # None: the ssh config's Port, else 22
     user: str | None
     local: bool
     root: str | None  # absolute; overrides Service.root on this host
@@ -627,6 +641,7 @@ class Service:
     python: str
     pip_args: str
     parallel: int
+    templates: str | None  # absolute; the user's templates, searched before ours
 
     def dir_on(self, host: Host) -> str:
         """The service's directory on `host`: <root>/<service>."""
@@ -950,7 +965,8 @@ def _build(doc: Any, path: str, base: str) -> Config:
     s = _fill(SSH, ssh_given)
     ssh = Ssh(known_hosts=r.local_path(s["known_hosts"]),
               identity_file=s["identity_file"] and r.local_path(s["identity_file"]),
-              connect_timeout=s["connect_timeout"])
+              connect_timeout=s["connect_timeout"], config_file=r.local_path(s["config_file"]),
+              forward_agent=s["forward_agent"])
 
     require("hosts")
     hosts = _hosts(r, doc, ssh)
@@ -1112,6 +1128,12 @@ def _service(r: _Reader, name: str, m: _Map, line: int, defaults: Mapping[str, A
                                 f"{v['port']} (health checks use it).", lines["bind"])
     if _URL.match(v["repo"]) is None and _SCP.match(v["repo"]) is None:
         v["repo"] = r.local_path(v["repo"])
+    if v["templates"] is not None:
+        v["templates"] = r.local_path(v["templates"])
+        if not os.path.isdir(v["templates"]):
+            r.fail(f"{where}.templates", f"{v['templates']} is not a directory. Create it, or "
+                   "remove the setting to use the packaged templates.",
+                   lines.get("templates", line))
     health = _fill(HEALTH, defaults.get("health", {}), given.get("health", {}))
     if "timeout" not in defaults.get("health", {}) and "timeout" not in given.get("health", {}):
         health["timeout"] = HEALTH_TIMEOUT_DEFAULT.get(kind, health["timeout"])
