@@ -19,6 +19,7 @@ import threading
 import time
 
 from . import releases
+from .booleans import FALSE as _FALSE, TRUE as _TRUE
 from .errors import ConnectionFailed, DeployError, UsageError
 from .inventory import Fleet, each
 from .script import q
@@ -31,8 +32,6 @@ STATUS = "status"  # the label of our own lines about a host
 # every log, so from then on no line written is missed.
 SENTINEL = "/dev/null"
 _HEADER = re.compile(r"^==> (.+) <==$")
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
 
 
 def log_paths(service, dir: str) -> list[str]:
