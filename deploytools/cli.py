@@ -27,7 +27,7 @@ from invoke.exceptions import Exit, ParseError, UnexpectedExit
 from . import __version__
 from . import tasks as our_tasks
 from .booleans import FALSE as _FALSE, TRUE as _TRUE
-from .errors import DeployError, EXIT_USAGE
+from .errors import DeployError, EXIT_USAGE, UsageError
 from .session import Session, attach
 
 _CLASSIC = re.compile(r"^(?P<task>[A-Za-z_][\w.-]*):(?P<args>.*)$")
@@ -192,6 +192,10 @@ class DeployProgram(Fab):
         except Exit:
             self.collection = ours
             return
+        except Exception as e:  # the user's fabfile raised while being imported
+            raise UsageError(f"the fabfile found from {os.getcwd()} could not be loaded "
+                             f"({type(e).__name__}: {e}). Fix it, or run deploytools from a "
+                             "directory without one; --debug shows the traceback.") from e
         self.collection, replaced = merge_collections(ours, self.collection)
         if replaced:
             names = ", ".join(replaced)

@@ -2,8 +2,9 @@
 
 `SSHTarget` (fabric/paramiko) and `LocalTarget` (subprocess, for `local: true`
 demo hosts) override only what differs. Nothing else in deploytools opens a
-connection. One connection per host is opened lazily and reused for the whole
-command.
+connection. A connection is opened lazily, along the route the ssh config gives
+(`ssh_route`), and kept by its Fleet, or by the session's Pool for the whole
+command line.
 """
 from __future__ import annotations
 
@@ -150,26 +151,16 @@ class Hop:
         return f"{alias}{user}{self.hostname}:{self.port}"
 
 
-_SSH_CONFIGS: dict = {}
-
-
 def load_ssh_config(path: str):
-    """The parsed OpenSSH client config at `path` (an empty one if there is no file);
-    parsed again when the file changes."""
+    """The parsed OpenSSH client config at `path` (an empty one if there is no file)."""
     import paramiko
-    try:
-        stamp = os.stat(path).st_mtime_ns
-    except OSError:
+    if not os.path.exists(path):
         return paramiko.SSHConfig()
-    cached = _SSH_CONFIGS.get(path)
-    if cached is None or cached[0] != stamp:
-        try:
-            cached = (stamp, paramiko.SSHConfig.from_path(path))
-        except (OSError, UnicodeDecodeError, paramiko.ConfigParseError) as e:
-            raise ConnectionFailed(f"cannot read the ssh config {path}: {e}. Fix it, or point "
-                                   "ssh.config_file in services.yaml elsewhere.") from None
-        _SSH_CONFIGS[path] = cached
-    return cached[1]
+    try:
+        return paramiko.SSHConfig.from_path(path)
+    except (OSError, UnicodeDecodeError, paramiko.ConfigParseError) as e:
+        raise ConnectionFailed(f"cannot read the ssh config {path}: {e}. Fix it, or point "
+                               "ssh.config_file in services.yaml elsewhere.") from None
 
 
 def _keys(found: dict) -> tuple[str, ...]:

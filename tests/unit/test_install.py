@@ -179,3 +179,13 @@ def test_a_user_task_calling_ours_runs_in_the_programs_session(tmp_path, monkeyp
     program.run(["deploytools", "--json", "host:a", "pick"])
     assert seen["session"].selected == ["a", "b"] and seen["session"].json_mode
     assert "selected ['a', 'b'] json True" in capsys.readouterr().out
+
+
+def test_a_broken_user_fabfile_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fabfile.py").write_text("import no_such_module_here\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        DeployProgram().run(["deploytools", "--list"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("Error: the fabfile found from "), err
+    assert "no_such_module_here" in err and "Traceback" not in err
