@@ -18,6 +18,7 @@ import re
 import threading
 import time
 
+from .booleans import FALSE as _FALSE, TRUE as _TRUE
 from .errors import ConnectionFailed, DeployError, UsageError
 from .hoststate import HostState, inspect_script, parse_inspect
 from .inventory import Fleet, each
@@ -32,8 +33,6 @@ STATUS = "status"  # the label of our own lines about a host
 # every log, so from then on no line written is missed.
 SENTINEL = "/dev/null"
 _HEADER = re.compile(r"^==> (.+) <==$")
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
 
 
 def log_paths(service, dir: str) -> list[str]:

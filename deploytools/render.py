@@ -16,12 +16,24 @@ import base64
 import shlex
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import jinja2
 from markupsafe import Markup
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+def _packaged_templates() -> Path:
+    """Our templates: `deploytools/templates/` inside an installed wheel (the build maps
+    the repository's top-level `templates/` there), else the checkout's `templates/`
+    (an editable install, or running from the source tree)."""
+    installed = Path(str(resources.files("deploytools") / "templates"))
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+TEMPLATES = _packaged_templates()
 
 
 @dataclass(frozen=True)
@@ -31,16 +43,20 @@ class File:
     mode: int = 0o644
 
 
-@lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+@lru_cache(maxsize=8)
+def _env(overrides: str | None = None) -> jinja2.Environment:
+    """The template environment; with `overrides` (a service's `templates:` directory)
+    a template found there replaces ours of the same name."""
+    search = [overrides, str(TEMPLATES)] if overrides else [str(TEMPLATES)]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(search),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["shquote"] = lambda v: shlex.quote(str(v))
     return env
 
 
-def render(name: str, **context) -> str:
-    return _env().get_template(name).render(**context)
+def render(name: str, *, templates: str | None = None, **context) -> str:
+    """Render template `name`; `templates` is a directory searched before ours."""
+    return _env(templates).get_template(name).render(**context)
 
 
 class UnquotedValue(ValueError):
@@ -122,7 +138,8 @@ def service_env(service, host, dir: str, release: str, commit: str) -> dict[str,
 
 
 def release_files(service, host, dir: str, release: str, commit: str) -> list[File]:
-    ctx = dict(service=service, dir=dir, release=release, bind=bind_for(service, host))
+    ctx = dict(service=service, dir=dir, release=release, bind=bind_for(service, host),
+               templates=service.templates)
     files = [
         File(".deploy/env", render("env.j2", env=service_env(service, host, dir, release, commit),
                                    **ctx), 0o600),
@@ -134,7 +151,7 @@ def release_files(service, host, dir: str, release: str, commit: str) -> list[Fi
 
 
 def service_files(service, host, dir: str) -> list[File]:
-    ctx = dict(service=service, dir=dir)
+    ctx = dict(service=service, dir=dir, templates=service.templates)
     return [
         File("etc/supervisord.conf", render("supervisord.conf.j2", **ctx)),
         File("bin/ctl", render("ctl.j2", **ctx), 0o755),
