@@ -21,7 +21,7 @@ import time
 from .booleans import FALSE as _FALSE, TRUE as _TRUE
 from .errors import ConnectionFailed, DeployError, UsageError
 from .hoststate import HostState, inspect_script, parse_inspect
-from .inventory import Fleet, each
+from .inventory import each
 from .probe import probe
 from .script import q
 
@@ -158,7 +158,7 @@ def monitor(session, name: str, *, lines: int | None = None, follow=None) -> Non
     lines = _lines(lines)
     labels = [label(p) for p in log_paths(service, "")]
     printer = Printer(session.reporter, hosts, labels)
-    with Fleet(session.config, hosts) as fleet:
+    with session.fleet(hosts) as fleet:
         live = _status(service, fleet, printer)
         if not live:
             raise ConnectionFailed(f"no host of {service.name} could be reached "

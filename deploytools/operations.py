@@ -12,7 +12,7 @@ from . import lock as lock_mod
 from . import releases, signals
 from .errors import DeployError, LockedError, RestoreFailed, UsageError, errors_text
 from .hoststate import commit_of, fleet_rollback_target, inspect_all
-from .inventory import Fleet, each
+from .inventory import each
 from .probe import probe
 from .rollout import Rollout, now_iso
 from . import plan as plan_mod
@@ -81,7 +81,7 @@ def migrate(session, name: str, to: str | None = None) -> dict:
     to = _given(to, "to", "a release name")
     service, hosts = _service_and_hosts(session, name)
     _django(service)
-    with Fleet(session.config, hosts[:1]) as fleet:
+    with session.fleet(hosts[:1]) as fleet:
         t = fleet[hosts[0]]
         d = service.dir_on(t.host)
         with _lock(session, fleet, service, "migrate"):
@@ -137,7 +137,7 @@ def media(session, name: str) -> None:
     """Collect static files into the live release and make sure shared/media exists."""
     service, hosts = _service_and_hosts(session, name)
     _django(service)
-    with Fleet(session.config, hosts) as fleet, \
+    with session.fleet(hosts) as fleet, \
             _lock(session, fleet, service, "media"):
         states = inspect_all(service, fleet)
 
@@ -195,7 +195,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     started = time.monotonic()
-    with signals.terminating(), Fleet(session.config, hosts) as fleet:
+    with signals.terminating(), session.fleet(hosts) as fleet:
         # The lock first: a state read before it could be changed by the deploy we wait for.
         lock = _lock(session, fleet, service, "rollback")
         with lock:
@@ -263,7 +263,7 @@ def restart(session, name: str, *, hard: bool = False) -> None:
     """Graceful reload (or hard restart) of the live release, then verify it serves."""
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
-    with Fleet(session.config, hosts) as fleet, \
+    with session.fleet(hosts) as fleet, \
             _lock(session, fleet, service, "restart"):
         states = inspect_all(service, fleet)
 
@@ -281,7 +281,7 @@ def restart(session, name: str, *, hard: bool = False) -> None:
 
 def status(session, name: str) -> list[dict]:
     service, hosts = _service_and_hosts(session, name)
-    with Fleet(session.config, hosts) as fleet:
+    with session.fleet(hosts) as fleet:
         states = inspect_all(service, fleet)
     repo = None
     rows = []
@@ -312,7 +312,7 @@ def status(session, name: str) -> list[dict]:
 
 def setup(session, name: str) -> None:
     service, hosts = _service_and_hosts(session, name)
-    with Fleet(session.config, hosts) as fleet, \
+    with session.fleet(hosts) as fleet, \
             _lock(session, fleet, service, "setup"):
         def go(t):
             t0 = time.monotonic()
@@ -329,7 +329,7 @@ def setup(session, name: str) -> None:
 
 def history(session, name: str, limit: int = 20) -> list[dict]:
     service, hosts = _service_and_hosts(session, name)
-    with Fleet(session.config, hosts) as fleet:
+    with session.fleet(hosts) as fleet:
         out, errors = each(fleet, lambda t: t.run(
             lock_mod.history_read_script(service.dir_on(t.host), limit * 4)).stdout,
             parallel=service.parallel)
@@ -361,7 +361,7 @@ def unlock(session, name: str, *, force: bool = False) -> None:
     second deploy run over it."""
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
-    with Fleet(session.config, hosts) as fleet:
+    with session.fleet(hosts) as fleet:
         held = {h: x for h, x in lock_mod.read_locks(fleet, service).items() if x}
         if not held:
             report.event("unlock", f"{service.name}: no lock held", hosts=[])

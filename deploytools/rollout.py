@@ -16,7 +16,7 @@ from . import releases, signals
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
                      RestoreFailed, StagingFailed, UsageError, errors_text)
 from .hoststate import inspect_all
-from .inventory import Fleet, Target, each
+from .inventory import Target, each
 from . import plan as plan_mod
 from .script import fact_list, facts, write_file
 from .vcs import ServiceRepo
@@ -82,7 +82,7 @@ class Rollout:
         """The dry run: what a deploy of `ref` would do, from the hosts' live state.
         Reads the repo and the hosts; changes nothing."""
         repo = self._resolve()
-        with Fleet(self.config, self.hosts) as fleet:
+        with self.session.fleet(self.hosts) as fleet:
             self.fleet = fleet
             self._inspect()
         return self._plan(repo)
@@ -97,7 +97,7 @@ class Rollout:
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
                          f"{self.release} to {', '.join(self.hosts)}",
                  commit=commit, release=self.release, hosts=self.hosts)
-        with signals.terminating(), Fleet(self.config, self.hosts) as fleet:
+        with signals.terminating(), self.session.fleet(self.hosts) as fleet:
             self.fleet = fleet
             self.lock = lock = lock_mod.FleetLock(fleet, svc, self.action,
                                                   wait=self.session.lock_wait, say=self.say)

@@ -83,14 +83,6 @@ class Ssh(Declared):
     connect_timeout: int = setting(
         INT, 10, all_of(at_least(1), at_most(600, "seconds")),
         "Seconds to wait for an SSH connection.")
-    command_timeout: float = setting(
-        NUMBER, 900.0, all_of(positive, at_most(_DAY, "seconds")),
-        "Seconds one remote step (staging a host, an activation, a history write) may "
-        "take. A host that does not finish in time counts as not answering: its wave "
-        "fails and the deploy rolls back, instead of hanging.")
-    keepalive: int = setting(
-        INT, 10, all_of(at_least(0), at_most(3600, "seconds")),
-        "Seconds between SSH keepalive messages (0: none), so a dead link is noticed.")
     config_file: str = setting(
         PATH, "~/.ssh/config", nonblank,
         "OpenSSH client config read for every host's `address` and every ProxyJump hop: "
@@ -100,6 +92,14 @@ class Ssh(Declared):
         BOOL, False, None,
         "Forward your SSH agent to the hosts (never done unless this is true, whatever the "
         "ssh config says).")
+    command_timeout: float = setting(
+        NUMBER, 900.0, all_of(positive, at_most(_DAY, "seconds")),
+        "Seconds one remote step (staging a host, an activation, a history write) may "
+        "take. A host that does not finish in time counts as not answering: its wave "
+        "fails and the deploy rolls back, instead of hanging.")
+    keepalive: int = setting(
+        INT, 10, all_of(at_least(0), at_most(3600, "seconds")),
+        "Seconds between SSH keepalive messages (0: none), so a dead link is noticed.")
 
 
 @dataclass(frozen=True)
