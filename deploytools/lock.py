@@ -20,7 +20,7 @@ the same hostname: CI runners are all called `runner`), when its process is
 gone. A deploy that meets a stale lock takes it over, loudly: it names the
 dead deploy (who, when, what, the wave it reached) and records the takeover
 in the history, because the fleet that deploy left may be mixed. A live lock
-is never broken: `fab unlock` refuses a fresh one unless force=true.
+is never broken: `deploytools unlock` refuses a fresh one unless force=true.
 """
 from __future__ import annotations
 
@@ -235,7 +235,7 @@ class FleetLock:
             self.say("lock_takeover",
                      f"WARNING: taking over the lock of a dead deploy of {self.service.name} "
                      f"({why}): {describe_holder(holder)}{reached}. The fleet it left may be "
-                     "mixed: check `fab status` (a plain `fab rollback` returns every host to "
+                     "mixed: check `deploytools status` (a plain `deploytools rollback` returns every host to "
                      "one release).", holder=holder, stale=why)
         each(list(self.fleet), lambda t: t.run(takeover_script(self._path(t), stale_id),
                                                what="breaking a stale deploy lock"),
@@ -247,12 +247,12 @@ class FleetLock:
             raise LockedError(
                 f"{name} is locked by a deploy that looks dead ({stale}): "
                 f"{describe_holder(holder)}. The lock is stale. If no deploy of {name} is "
-                f"running, break it with: fab unlock:{name}")
+                f"running, break it with: deploytools unlock:{name}")
         raise LockedError(
             f"{name} is locked by another deploy: {describe_holder(holder)}. "
             "Wait for it to finish (or use --lock-wait SECONDS). If that deploy died, the "
             f"next deploy takes its lock over once it has missed {STALE_AFTER} heartbeats "
-            f"(or break it now with: fab unlock:{name},force=true)")
+            f"(or break it now with: deploytools unlock:{name},force=true)")
 
     def _try(self) -> dict | None:
         record = json.dumps(self.owner)
@@ -339,7 +339,7 @@ HISTORY_COLUMNS = ("when", "who", "action", "from", "to", "tag", "outcome", "sec
 
 
 def history_row(record: dict) -> dict:
-    """One line of `fab history`: a deploy or rollback, merged over its hosts
+    """One line of `deploytools history`: a deploy or rollback, merged over its hosts
     (`hosts_seen`); the record itself is what `--json` prints."""
     return {"when": record.get("started"), "who": record.get("user"),
             "action": record.get("action"), "from": (record.get("from_commit") or "")[:7],

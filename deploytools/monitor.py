@@ -1,8 +1,8 @@
-"""`fab monitor`: the logs of a service on all its hosts at once.
+"""`deploytools monitor`: the logs of a service on all its hosts at once.
 
-    fab monitor:airship                   # a status line per host, then follow (Ctrl-C ends)
-    fab monitor:airship,lines=50          # the last 50 lines of each log per host, and exit
-    fab monitor:airship,lines=20,follow=true    # those 20, then follow
+    deploytools monitor:airship                   # a status line per host, then follow (Ctrl-C ends)
+    deploytools monitor:airship,lines=50          # the last 50 lines of each log per host, and exit
+    deploytools monitor:airship,lines=20,follow=true    # those 20, then follow
 
 The logs are gunicorn's access.log and error.log, the program's own log
 (supervisord's capture of its stdout/stderr, log/<service>.log) and
@@ -147,7 +147,7 @@ def _lines(value) -> int | None:
         n = -1
     if n < 0:
         raise UsageError(f"lines={value}: give a number of lines, 0 or more "
-                         "(e.g. fab monitor:SERVICE,lines=50).")
+                         "(e.g. deploytools monitor:SERVICE,lines=50).")
     return n
 
 

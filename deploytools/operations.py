@@ -163,7 +163,7 @@ def _rollback_targets(service, states: dict, to: str | None, report) -> dict[str
         if choice.release is None:
             raise UsageError(f"cannot roll back {service.name}: {choice.why}; nothing was "
                              "changed. Roll back to a named release with "
-                             f"fab rollback:{service.name},to=RELEASE_OR_TAG.")
+                             f"deploytools rollback:{service.name},to=RELEASE_OR_TAG.")
         report.event("rollback_target", f"{service.name}: rolling back to {choice.release}: "
                                         f"{choice.why}", release=choice.release, why=choice.why)
         return {h: choice.release for h, st in states.items() if st.current}
@@ -235,7 +235,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
                         report.event("warning", "WARNING: rolling back across migrations "
                                      f"{', '.join(delta)}: the schema stays as it is, so the old "
                                      "code runs on the newer schema. To reverse them too: "
-                                     f"fab rollback:{service.name},migrate=true",
+                                     f"deploytools rollback:{service.name},migrate=true",
                                      migrations=delta)
             _, errors = each(fleet, back, parallel=service.parallel)
             record["outcome"] = "unrestored" if errors else "success"
@@ -374,7 +374,7 @@ def unlock(session, name: str, *, force: bool = False) -> None:
                 f"{service.name} is locked by a deploy that is still running (its heartbeat "
                 f"is fresh): {lock_mod.describe_holder(dict(holder, host=h))}. Breaking it would "
                 "let two deploys run at once. Wait for it, or if you know it is dead (its "
-                f"machine is gone), break it anyway with: fab unlock:{service.name},force=true")
+                f"machine is gone), break it anyway with: deploytools unlock:{service.name},force=true")
         out, errors = each(fleet, lambda t: t.run(lock_mod.remove_lock_script(
             service.dir_on(t.host) + "/.lock", (held.get(t.name) or {}).get("id"))).stdout,
             parallel=service.parallel)

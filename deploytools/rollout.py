@@ -184,7 +184,7 @@ class Rollout:
                 f"{self.release} is live on every host ({', '.join(self.hosts)}), but "
                 f"{svc.production_branch} and its date tag were not moved: {why}. Fix the "
                 f"cause, then deploy the same commit again to record it: "
-                f"fab deploy:{svc.name},ref={self.commit} (its virtualenv is reused)."
+                f"deploytools deploy:{svc.name},ref={self.commit} (its virtualenv is reused)."
             ) from None
         self.record["tag"] = tag
         self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)

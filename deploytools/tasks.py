@@ -91,13 +91,14 @@ def history(c, service, limit=20):
     operations.history(session.of(c), service, int(limit))
 
 
-@task(help={"service": "service name"})
-def unlock(c, service):
-    """Break a deploy lock left by a dead deploy.
+@task(help={"service": "service name",
+            "force": "break a lock whose heartbeat is fresh (its deploy may be running)"})
+def unlock(c, service, force=False):
+    """Break a deploy lock left by a dead deploy (a live one only with force=true).
 
         deploytools unlock:airship
     """
-    operations.unlock(session.of(c), service)
+    operations.unlock(session.of(c), service, force=force)
 
 
 @task(help={"service": "service name",
@@ -146,4 +147,4 @@ def monitor(c, service, lines=None, follow=None):
 
         deploytools monitor:airship
     """
-    monitor_mod.monitor(session.of(c), service, lines=int(lines) if lines else None, follow=follow)
+    monitor_mod.monitor(session.of(c), service, lines=lines, follow=follow)
