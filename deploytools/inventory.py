@@ -8,6 +8,7 @@ command line.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import select
@@ -23,6 +24,10 @@ from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 from .errors import ConnectionFailed, DeployError, RemoteCommandError
+
+# paramiko logs a failed handshake (with a traceback) through logging's last-resort
+# handler, before our one-paragraph error says the same thing: keep it quiet.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 
@@ -76,6 +81,10 @@ def stream_program(script: str) -> str:
 class Target:
     """A host we can run shell scripts on. Subclasses implement `_exec`, `put`, `get`."""
 
+    # Seconds a step may take when the caller gives no timeout (ssh.command_timeout).
+    default_timeout: float | None = None
+    unresponsive: str | None = None  # why this host is not asked again (SSH only)
+
     def __init__(self, host):
         self.host = host  # config.Host
         self.name = host.name
@@ -83,12 +92,17 @@ class Target:
     def run(self, script: str, *, check: bool = True, timeout: float | None = None,
             what: str = "") -> Result:
         """Run `script` with bash (-e -u -o pipefail), sent on its stdin, and return
-        its Result.
+        its Result. It may take `timeout` seconds (default: ssh.command_timeout);
+        then it counts as failed with exit 124, "timed out".
 
         With check, a non-zero exit raises RemoteCommandError whose message
         carries the last lines of output, so the CLI can say what failed.
         """
-        result = self._exec(stdin_program(script), timeout)
+        result = self._exec(stdin_program(script),
+                            timeout if timeout is not None else self.default_timeout)
+        if result.exited == 124 and timeout is None and self.default_timeout:
+            # The step's own bound (not a caller's short one, such as a heartbeat's).
+            self.unresponsive = f"a step timed out after {self.default_timeout:g}s"
         result = Result(result.host, script, result.stdout, result.stderr, result.exited)
         if check and not result.ok:
             output = result.stderr.strip() or result.stdout.strip()
@@ -248,7 +262,11 @@ class SSHTarget(Target):
     def __init__(self, host, ssh, pool: "Pool | None" = None):
         super().__init__(host)
         self.ssh = ssh  # config.Ssh
+        self.default_timeout = ssh.command_timeout
         self.pool = pool
+        # Set once a step timed out: a host that stopped answering is not asked again in
+        # this command (each ask would cost another timeout), it fails at once.
+        self.unresponsive: str | None = None
         self._conn = None
         self._own_gateways: list = []  # the bastion connections of an unpooled target
         self._lock = threading.Lock()
@@ -301,6 +319,8 @@ class SSHTarget(Target):
         keyscan_host = f"-p {hop.port} {hop.hostname}" if hop.port != 22 else hop.hostname
         try:
             conn.open()
+            if self.ssh.keepalive:  # a dead link is noticed, and NAT state kept alive
+                conn.transport.set_keepalive(self.ssh.keepalive)
         except paramiko.BadHostKeyException:
             raise ConnectionFailed(
                 f"the host key of {what} does not match the one in {known_hosts}. "
@@ -323,13 +343,30 @@ class SSHTarget(Target):
         return conn
 
     def _session(self):
-        """A new channel on the host's connection (reconnecting if it dropped)."""
+        """A new channel on the host's connection. Nothing was sent when this fails
+        (`delivered=False`): the host is as it was."""
         import paramiko
+        from paramiko.agent import AgentRequestHandler
+        if self.unresponsive:
+            raise ConnectionFailed(f"{self.describe()} stopped answering earlier in this command "
+                                   f"({self.unresponsive}); not asking it again",
+                                   host=self.name, delivered=False)
         try:
-            return self._connection().create_session()
+            conn = self._connection()
+            # fabric's create_session, with a bound: a frozen host never grants a channel.
+            chan = conn.transport.open_session(timeout=self.ssh.connect_timeout)
+            if self.ssh.forward_agent:
+                conn._agent_handler = AgentRequestHandler(chan)
+            return chan
+        except ConnectionFailed as e:
+            e.delivered = False
+            raise
         except (OSError, EOFError, paramiko.SSHException) as e:
-            raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
-                                   host=self.name) from None
+            if isinstance(e, paramiko.SSHException) and "Timeout" in str(e):
+                self.unresponsive = f"no channel within {self.ssh.connect_timeout}s"
+            raise ConnectionFailed(f"lost the connection to {self.describe()}: "
+                                   f"{e or type(e).__name__}", host=self.name,
+                                   delivered=False) from None
 
     def _exec(self, program: str, timeout: float | None) -> Result:
         import paramiko
@@ -358,7 +395,12 @@ class SSHTarget(Target):
                    threading.Thread(target=drain, args=(chan.recv_stderr, err), daemon=True)]
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            chan.exec_command(REMOTE_SHELL)
+            try:
+                chan.exec_command(REMOTE_SHELL)
+            except (OSError, EOFError, paramiko.SSHException) as e:
+                chan.close()
+                raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
+                                       host=self.name, delivered=False) from None
             for t in threads:
                 t.start()
             for t in threads[1:]:
@@ -372,7 +414,8 @@ class SSHTarget(Target):
         if not done:
             chan.close()
             return Result(self.name, program, out.decode("utf-8", "replace"),
-                          f"timed out after {timeout}s", 124)
+                          f"timed out after {timeout:g}s (ssh.command_timeout): "
+                          f"{self.describe()} stopped answering", 124)
         status = chan.exit_status
         transport = chan.get_transport()
         chan.close()
@@ -447,7 +490,11 @@ def _pump(read: Callable[[], bytes | None], on_line: Callable[[str], None],
 
 
 def target_for(host, ssh, pool: "Pool | None" = None) -> Target:
-    return LocalTarget(host) if host.local else SSHTarget(host, ssh, pool=pool)
+    if not host.local:
+        return SSHTarget(host, ssh, pool=pool)
+    target = LocalTarget(host)
+    target.default_timeout = ssh.command_timeout
+    return target
 
 
 class Pool:

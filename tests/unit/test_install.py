@@ -78,7 +78,8 @@ def test_agent_forwarding_stays_off_whatever_the_ssh_config_says(tmp_path, monke
     monkeypatch.setattr(Connection, "open", fake_open)
     (tmp_path / "ssh_config").write_text("Host *\n    ForwardAgent yes\n")
     ssh = NS(config_file=str(tmp_path / "ssh_config"), identity_file=None,
-             known_hosts=str(tmp_path / "known_hosts"), connect_timeout=1, forward_agent=False)
+             known_hosts=str(tmp_path / "known_hosts"), connect_timeout=1, forward_agent=False,
+             command_timeout=60, keepalive=0)
     target = SSHTarget(NS(name="h", address="10.0.0.1", port=None, user=None,
                           identity_file=None, local=False), ssh)
     with pytest.raises(ConnectionFailed, match="could not connect to h"):
