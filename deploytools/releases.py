@@ -85,8 +85,11 @@ def stage_script(service, host, dir: str, release: str, commit: str, manifest: d
     manifest = dict(manifest, release=release, commit=commit)
     parts = {**venv.context(service, dir, rdir),
              **_build_context(service, dir, rdir, reuse=build == "reuse")}
+    bind_address, _, port = render.bind_for(service, host).rpartition(":")
     return render.render_script(
-        "stage.sh.j2", commit=commit, static=static, **parts,
+        "stage.sh.j2", commit=commit, static=static, **parts, port=int(port),
+        bind_address=bind_address,
+        port_address="127.0.0.1" if bind_address in ("0.0.0.0", "*", "") else bind_address,
         release_files=[render.File(f"{rdir}/{f.path}", f.content, f.mode)
                        for f in render.release_files(service, host, dir, release, commit)],
         manifest=render.File(f"{rdir}/.deploy/manifest.json",
