@@ -278,7 +278,7 @@ class SSHTarget(Target):
                                    host=self.name) from None
         if not done:
             chan.close()
-            return Result(self.name, program, out.decode("utf-8", "replace"),
+            return Result(self.name, program, bytes(out).decode("utf-8", "replace"),
                           f"timed out after {timeout}s", 124)
         status = chan.exit_status
         transport = chan.get_transport()
