@@ -295,7 +295,9 @@ address = _matches("a hostname or an IP address", r"[A-Za-z0-9._:%\[\]-]+")
 user_name = _matches("a user name", r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
 app_ref = _matches("a module:callable reference such as airship.wsgi:application",
                    r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-tag_prefix = _matches("a tag prefix (letters, digits, '.', '_', '/', '-')", r"[A-Za-z0-9._/-]*")
+tag_prefix = _matches("a tag prefix (letters, digits, '.', '_', '/', '-'; starting with a letter "
+                      "or digit: git refuses a tag that starts with '-')",
+                      r"([A-Za-z0-9][A-Za-z0-9._/-]*)?")
 program = _matches("a program name or path, without spaces", r"\S+")
 _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 branch_name = _rule("a git branch name (letters, digits, '.', '_', '/', '-')",

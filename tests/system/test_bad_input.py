@@ -99,6 +99,28 @@ CONFIG_CASES = {
                         ["services.airship.root: expected a path of letters", "'/srv/my apps'"]),
     "root_with_percent": (GOOD.replace("port: 2222}", "port: 2222, root: '/srv/%(x)s'}"), 2,
                           ["hosts.web-0.root: expected a path of letters"]),
+    "tag_prefix_dash": (GOOD + "    tag_prefix: '-x'\n", 12,
+                        ["services.airship.tag_prefix", "'-x'"]),
+    "build_outputs_dot_deploy": (GOOD.replace("kind: django", "kind: command").replace(
+        "    app: airship.wsgi:application\n", "    command: ./run\n    build: make\n"
+        "    build_outputs: [./.deploy]\n"), 12, ["services.airship.build_outputs", ".deploy"]),
+    "bad_rollout_share": (GOOD + "    rollout: [1, '150%']\n", 12,
+                          ["services.airship.rollout", "150%"]),
+    "env_bad_name": (GOOD + "    env: {'9LIVES': x}\n", 12, ["services.airship.env", "9LIVES"]),
+    "env_multiline_value": (GOOD + "    env: {A: \"x\\ny\"}\n", 12,
+                            ["services.airship.env.A", "single line"]),
+    "role_and_hosts": (GOOD + "    hosts: [web-0]\n", 12, ["has both 'role' and 'hosts'"]),
+    "bind_port_mismatch": (GOOD + "    bind: 0.0.0.0:9000\n", 12,
+                           ["services.airship.bind", "must be the service's port 8000"]),
+    "repo_bad_scheme": (GOOD.replace("repo: /nonexistent/airship.git",
+                                     "repo: 'ftp://x/airship.git'"), 8,
+                        ["services.airship.repo", "ftp://"]),
+    "branch_with_dotdot": (GOOD + "    branch: 'a..b'\n", 12, ["services.airship.branch"]),
+    "workers_zero": (GOOD + "    workers: 0\n", 12, ["services.airship.workers", ">= 1"]),
+    "gate_rate_above_one": (GOOD + "    gate: {max_error_rate: 2}\n", 12,
+                            ["services.airship.gate.max_error_rate"]),
+    "build_on_django": (GOOD + "    build: make\n", 12,
+                        ["services.airship.build", "only for kind command"]),
 }
 
 
@@ -167,6 +189,25 @@ def test_service_name_with_shell_metacharacters(good, argv):
     assert not sentinel.exists()
 
 
+@pytest.mark.parametrize("argv", [
+    ["deploy:airship,ref={payload}"],
+    ["rollback:airship,to={payload}"],
+    ["plan:airship,ref={payload}"],
+    ["migrate:airship,to={payload}"],
+    ["monitor:airship,lines={payload}"],
+    ["--services", "{payload}", "status:airship"],
+])
+def test_injection_payloads_in_arguments_run_nothing(good, argv):
+    """Every argument reaches git, a script or a file as data: a payload that would run a
+    command in a shell ends in a clean error, and the command never ran."""
+    sentinel = good / "MARK"
+    payload = f"x'\";$(touch {sentinel})`touch {sentinel}`"
+    proc = fab(good, *[a.format(payload=payload) for a in argv])
+    assert proc.returncode in (1, 2), proc.stderr
+    assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert not sentinel.exists(), "a payload ran"
+
+
 def test_metacharacters_in_a_host_selection(good):
     sentinel = good / "pwned"
     proc = fab(good, f"host:web-0$(touch {sentinel})", "status:airship")
@@ -189,6 +230,11 @@ def test_unknown_host_on_the_command_line(good):
     (["restart:airship,hard=maybe"], ["hard is true or false, not 'maybe'"]),
     (["--lock-wait", "soon", "deploy:airship"], ["wrong type", "'soon'"]),
     (["deploy", "airship", "--rev", "v2"], ["No idea what '--rev' is"]),
+    (["monitor:airship,lines=abc"], ["lines=abc", "number of lines"]),
+    (["deploy:airship,ref="], ["ref= is empty"]),
+    (["rollback:airship,to="], ["to= is empty"]),
+    (["unlock:airship,force=maybe"], ["force is true or false, not 'maybe'"]),
+    (["history:airship,limit=many"], ["wrong type", "'many'"]),
 ])
 def test_bad_task_usage(good, argv, needles):
     assert_error(fab(good, *argv), 2, *needles)
