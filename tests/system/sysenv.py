@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,3 +176,73 @@ class Running:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class ServiceEnv:
+    """One service of a test module on the shared fleet: its own services.yaml (the
+    deployenv's hosts and ssh, `services` replaced), `fab` as an operator runs it, and
+    what is on each host. Subclasses set SERVICE, PORT and HOSTS."""
+
+    SERVICE = ""
+    PORT = 0
+    HOSTS = ["web-0", "web-1", "web-2", "web-3"]
+
+    def __init__(self, env, sample, dir: Path, service: dict, **environ):
+        self.env, self.sample, self.dir = env, sample, dir
+        self.data = yaml.safe_load(env.config.read_text())
+        self.data["services"] = {self.SERVICE: service}
+        self.config = dir / "services.yaml"
+        self.extra_environ = environ
+        self.write()
+
+    def write(self, data: dict | None = None) -> Path:
+        """(Re)write services.yaml: `data`, or the module's own."""
+        self.config.write_text(yaml.safe_dump(data or self.data, sort_keys=False))
+        return self.config
+
+    def environ(self, user: str = "tester", cache: str = "cache", **extra) -> dict:
+        env = dict(os.environ, DEPLOYTOOLS_CONFIG=str(self.config),
+                   DEPLOYTOOLS_CACHE=str(self.dir / cache), DEPLOYTOOLS_USER=user,
+                   **{**self.extra_environ, **extra})
+        env.pop("DEPLOYTOOLS_JSON", None)
+        return env
+
+    def fab(self, *args, check=True, timeout=300, **env) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "deploytools", *args], cwd=ROOT,
+                              env=self.environ(**env), capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"fab {' '.join(args)} exited {proc.returncode}\n"
+                                 f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+        return proc
+
+    def spawn(self, *args, **env) -> "Running":
+        return Running(subprocess.Popen(
+            [sys.executable, "-m", "deploytools", *args], cwd=ROOT, env=self.environ(**env),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+
+    def srv(self, host: str) -> Path:
+        return self.env.fleet.host(host).srv / self.SERVICE
+
+    def current(self, host: str) -> str | None:
+        link = self.srv(host) / "current"
+        return os.readlink(link).split("/")[-1] if link.is_symlink() else None
+
+    def history(self, host: str) -> list[dict]:
+        path = self.srv(host) / "history.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
+            if path.exists() else []
+
+    def served(self, host: str) -> dict | None:
+        try:
+            addr = self.env.fleet.host(host).address
+            return requests.get(f"http://{addr}:{self.PORT}/", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return None
+
+    def revisions(self) -> dict:
+        return {h: (self.served(h) or {}).get("revision") for h in self.HOSTS}
+
+    def sha(self, label: str) -> str:
+        return self.sample.resolve(label)

@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
-import yaml
 
 import build_repos
-from sysenv import ROOT, Running
+from sysenv import ServiceEnv
 
 pytestmark = pytest.mark.system
 
@@ -36,69 +34,21 @@ BRANCH = "faults-production"
 STEP_TIMEOUT = 45  # ssh.command_timeout while a host is frozen (staging must fit in it)
 
 
-class Faults:
+class Faults(ServiceEnv):
+    SERVICE, PORT = SVC, PORT
+
     def __init__(self, env, sample, dir: Path):
-        self.env, self.sample, self.dir = env, sample, dir
-        cfg = yaml.safe_load(env.config.read_text())
-        cfg["services"] = {SVC: {
+        super().__init__(env, sample, dir, {
             "kind": "flask", "repo": str(sample.origin), "role": "web",
             "app": "skiff.app:app", "port": PORT, "workers": 2, "graceful_timeout": 3,
             "production_branch": BRANCH, "tag_prefix": "faults-",
             "rollout": [1, "50%", "100%"], "keep_releases": 10,
             "gate": {"warmup": 0, "bake": 1, "max_extensions": 0,
-                     "on_inconclusive": "proceed"}}}
-        self.data = cfg
-        self.config = dir / "services.yaml"
-        self.write()
-
-    def write(self, data: dict | None = None) -> Path:
-        self.config.write_text(yaml.safe_dump(data or self.data, sort_keys=False))
-        return self.config
-
-    def environ(self, **extra) -> dict:
-        env = dict(os.environ, DEPLOYTOOLS_CONFIG=str(self.config),
-                   DEPLOYTOOLS_CACHE=str(self.dir / "cache"), DEPLOYTOOLS_USER="tester",
-                   DEPLOYTOOLS_LOCK_HEARTBEAT="1", **extra)
-        env.pop("DEPLOYTOOLS_JSON", None)
-        return env
-
-    def fab(self, *args, check=True, timeout=300, **env) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "deploytools", *args], cwd=ROOT,
-                              env=self.environ(**env), capture_output=True, text=True,
-                              timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"fab {' '.join(args)} exited {proc.returncode}\n"
-                                 f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-        return proc
-
-    def spawn(self, *args, **env) -> Running:
-        return Running(subprocess.Popen(
-            [sys.executable, "-m", "deploytools", *args], cwd=ROOT, env=self.environ(**env),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+                     "on_inconclusive": "proceed"}}, DEPLOYTOOLS_LOCK_HEARTBEAT="1")
 
     # -- the end state ---------------------------------------------------------------
-    def srv(self, host: str) -> Path:
-        return self.env.fleet.host(host).srv / SVC
-
-    def current(self, host: str) -> str | None:
-        link = self.srv(host) / "current"
-        return os.readlink(link).split("/")[-1] if link.is_symlink() else None
-
     def revision(self, host: str) -> str | None:
-        try:
-            addr = self.env.fleet.host(host).address
-            return requests.get(f"http://{addr}:{PORT}/", timeout=5).json().get("revision")
-        except (requests.RequestException, ValueError):
-            return None
-
-    def revisions(self) -> dict:
-        return {h: self.revision(h) for h in HOSTS}
-
-    def history(self, host: str) -> list[dict]:
-        path = self.srv(host) / "history.jsonl"
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
-            if path.exists() else []
+        return (self.served(host) or {}).get("revision")
 
     def locked(self) -> list[str]:
         return [h for h in HOSTS if (self.srv(h) / ".lock").exists()]
@@ -115,9 +65,6 @@ class Faults:
 
     def tags(self) -> list[str]:
         return sorted(self.git("tag", "--list", "faults-*").split())
-
-    def sha(self, label: str) -> str:
-        return self.sample.resolve(label)
 
     def snapshot(self) -> dict:
         return {"current": {h: self.current(h) for h in HOSTS}, "serving": self.revisions(),

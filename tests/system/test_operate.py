@@ -11,17 +11,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 import build_repos
-from sysenv import Running
+from sysenv import ServiceEnv
 
 pytestmark = pytest.mark.system
 
@@ -33,73 +31,25 @@ LOGS = {"access": "access.log", "error": "error.log", SVC: f"{SVC}.log",
         "supervisord": "supervisord.log"}
 
 
-class Ops:
+class Ops(ServiceEnv):
     """The deployenv's fleet, with a services.yaml holding only opsdemo."""
 
+    SERVICE, PORT = SVC, PORT
+
     def __init__(self, env, sample, dir: Path):
-        self.env, self.sample, self.dir = env, sample, dir
-        cfg = yaml.safe_load(env.config.read_text())
-        cfg["services"] = {SVC: {
+        super().__init__(env, sample, dir, {
             "kind": "django", "repo": str(sample.origin), "role": "web",
             "app": "airship.wsgi:application", "port": PORT, "workers": 2,
             "graceful_timeout": 5, "env": {"DJANGO_SETTINGS_MODULE": "airship.settings"},
             "production_branch": "opsdemo-production", "tag_prefix": "opsdemo-",
             # a canary, then the rest; no bake extensions: the fleet has no user traffic
-            "rollout": [1, "100%"], "gate": {"max_extensions": 0}, "keep_releases": 10}}
-        self.config = dir / "services.yaml"
-        self.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-    def environ(self, user: str = "tester", cache: str = "cache", **extra) -> dict:
-        env = dict(os.environ, DEPLOYTOOLS_CONFIG=str(self.config),
-                   DEPLOYTOOLS_CACHE=str(self.dir / cache), DEPLOYTOOLS_USER=user, **extra)
-        env.pop("DEPLOYTOOLS_JSON", None)
-        return env
-
-    def fab(self, *args, check=True, timeout=300, **env) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "deploytools", *args], cwd=ROOT,
-                              env=self.environ(**env), capture_output=True, text=True,
-                              timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"fab {' '.join(args)} exited {proc.returncode}\n"
-                                 f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-        return proc
-
-    def spawn(self, *args, **env) -> "Running":
-        return Running(subprocess.Popen(
-            [sys.executable, "-m", "deploytools", *args], cwd=ROOT, env=self.environ(**env),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
-
-    def srv(self, host: str) -> Path:
-        return self.env.fleet.host(host).srv / SVC
-
-    def current(self, host: str) -> str | None:
-        link = self.srv(host) / "current"
-        return os.readlink(link).split("/")[-1] if link.is_symlink() else None
+            "rollout": [1, "100%"], "gate": {"max_extensions": 0}, "keep_releases": 10})
 
     def manifest(self, host: str) -> dict:
         return json.loads((self.srv(host) / "current" / ".deploy" / "manifest.json").read_text())
 
-    def history(self, host: str) -> list[dict]:
-        path = self.srv(host) / "history.jsonl"
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
-            if path.exists() else []
-
     def locks(self) -> dict:
         return {h: (self.srv(h) / ".lock").exists() for h in HOSTS}
-
-    def served(self, host: str) -> dict | None:
-        try:
-            addr = self.env.fleet.host(host).address
-            return requests.get(f"http://{addr}:{PORT}/", timeout=5).json()
-        except (requests.RequestException, ValueError):
-            return None
-
-    def revisions(self) -> dict:
-        return {h: (self.served(h) or {}).get("revision") for h in HOSTS}
-
-    def sha(self, label: str) -> str:
-        return self.sample.resolve(label)
 
 
 @pytest.fixture(scope="module")
