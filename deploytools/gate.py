@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 import requests
 
 from . import health, probe, render
-from .errors import HealthGateFailed
+from .errors import ConnectionFailed, HealthGateFailed
 from .inventory import each
 
 
@@ -95,7 +95,10 @@ class AccessLogs:
             lambda t: t.run(script(t, self._path(t)), what=f"{what} the access log").stdout,
             parallel=self.service.parallel)
         if errors:
-            raise HealthGateFailed(
+            # No evidence fails the gate; a host that cannot be reached at all is not
+            # the release's fault, and says so (the release is not marked rejected).
+            lost = all(isinstance(e, ConnectionFailed) for e in errors.values())
+            raise (ConnectionFailed if lost else HealthGateFailed)(
                 "cannot read the access log, so the gate has no evidence: "
                 + "; ".join(f"{n}: {e}" for n, e in errors.items()))
         return out

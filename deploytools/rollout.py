@@ -154,7 +154,10 @@ class Rollout:
                 reason = str(e) if isinstance(e, DeployError) else _interrupted(e)
                 self.record["outcome"] = "rolled_back"
                 self.record["failed_wave"] = i
-                self._roll_back_all(reason=reason)
+                # Only the release's own failure rejects it (a gate, a readiness probe,
+                # a process that does not start); a lost host or a signal does not.
+                self._roll_back_all(reason=reason, reject=not isinstance(
+                    e, (ConnectionFailed, KeyboardInterrupt)))
                 raise HealthGateFailed(
                     f"wave {i} ({', '.join(wave)}) failed, and every host this deploy touched "
                     f"was rolled back:\n{reason}") from None
@@ -319,7 +322,8 @@ class Rollout:
                      mode=mode)
         _, errors = self.parallel([self.fleet[h] for h in wave], activate)
         if errors:
-            raise DeployError(errors_text(errors))
+            lost = all(isinstance(e, ConnectionFailed) for e in errors.values())
+            raise (ConnectionFailed if lost else DeployError)(errors_text(errors))
 
     def _gate(self, i: int, waves: list[list[str]]) -> None:
         new = [h for w in waves[:i] for h in w]
@@ -336,8 +340,9 @@ class Rollout:
         if verdict.outcome == "fail":
             raise HealthGateFailed(f"error-rate gate after wave {i} failed: {verdict.reason}")
 
-    def _roll_back_all(self, reason: str) -> None:
-        """Return every activated host to its previous release, in reverse wave order."""
+    def _roll_back_all(self, reason: str, *, reject: bool = True) -> None:
+        """Return every activated host to its previous release, in reverse wave order;
+        with `reject`, mark the release so a later deploy of it needs force=true."""
         touched = [h for h in reversed(self.hosts) if self.runs[h].activated]
         self.say("rollback", f"rolling back {', '.join(touched)}: {reason.splitlines()[0]}",
                  hosts=touched)
@@ -346,12 +351,13 @@ class Rollout:
             t = self.fleet[name]
             try:
                 releases.restore(self.service, t, self.runs[name].previous)
-                t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
+                if reject:
+                    t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
                 self.say("restored", f"  {name}: back on {self.runs[name].previous or 'nothing'}",
                          host=name)
             except DeployError as e:
                 failed[name] = e
-        for name in self.hosts:
+        for name in self.hosts if reject else ():
             if not self.runs[name].activated:
                 t = self.fleet[name]
                 try:  # best effort: the mark only spares a later deploy the same gate
