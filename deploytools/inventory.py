@@ -101,8 +101,14 @@ class Target:
         result = self._exec(stdin_program(script),
                             timeout if timeout is not None else self.default_timeout)
         if result.exited == 124 and timeout is None and self.default_timeout:
-            # The step's own bound (not a caller's short one, such as a heartbeat's).
+            # The step's own bound (not a caller's short one, such as a heartbeat's): the
+            # host is treated as lost for the rest of this command.
             self.unresponsive = f"a step timed out after {self.default_timeout:g}s"
+            if check:
+                raise ConnectionFailed(
+                    f"{what or 'remote command'} timed out after {self.default_timeout:g}s: "
+                    f"{self.describe()} stopped answering (or the step needs longer than "
+                    "ssh.command_timeout allows)", host=self.name)
         result = Result(result.host, script, result.stdout, result.stderr, result.exited)
         if check and not result.ok:
             output = result.stderr.strip() or result.stdout.strip()
