@@ -8,7 +8,7 @@ healthy by one rule everywhere.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import requests
 
@@ -28,13 +28,9 @@ def accepts(expect_status: int | str, status: int) -> bool:
     return status == expect_status
 
 
-@dataclass(frozen=True)
-class Seen:
+class Seen(NamedTuple):
     ok: bool
     what: str  # "HTTP 200", "HTTP 503 (expected 200)", "no answer (ConnectTimeout)"
-
-    def __iter__(self):  # ok, what = probe(...)
-        return iter((self.ok, self.what))
 
 
 def probe(service, host, *, timeout: float | None = None,

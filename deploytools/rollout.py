@@ -120,7 +120,14 @@ class Rollout:
                 self.record.setdefault("outcome", "failed")
                 self.record["error"] = _interrupted(e)
                 if any(run.activated for run in self.runs.values()):
-                    raise  # after the last wave: live; nothing to undo
+                    # Every wave passed: the release is live; only the bookkeeping stopped.
+                    self.record["outcome"] = "live_unpublished"
+                    raise PublishFailed(
+                        f"{_interrupted(e)} after every wave passed: {self.release} is live on "
+                        f"{', '.join(self.hosts)}, but pruning and moving "
+                        f"{svc.production_branch} did not finish. Deploy the same commit "
+                        f"again to record it: deploytools deploy:{svc.name},ref={self.commit}"
+                    ) from None
                 raise StagingFailed(f"{_interrupted(e)} before any host was switched; no host "
                                     "changed (a half-staged release is removed by its own "
                                     "script, or at the next prune).") from None
@@ -143,25 +150,28 @@ class Rollout:
         self._migrate()
         waves = self.planned.waves
         self.record["waves"] = waves
-        for i, wave in enumerate(waves, 1):
-            self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i, hosts=wave)
-            self.lock.note(wave=i, release=self.release)
-            t0 = time.monotonic()
-            try:
+        i, wave = 0, []
+        try:
+            # A signal between two waves is caught here too: touched hosts go back.
+            for i, wave in enumerate(waves, 1):
+                self.lock.note(wave=i, release=self.release)  # before anyone sees the wave
+                self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i,
+                         hosts=wave)
+                t0 = time.monotonic()
                 self._activate(wave)
                 self._gate(i, waves)
-            except (DeployError, KeyboardInterrupt) as e:
-                reason = str(e) if isinstance(e, DeployError) else _interrupted(e)
-                self.record["outcome"] = "rolled_back"
-                self.record["failed_wave"] = i
-                # Only the release's own failure rejects it (a gate, a readiness probe,
-                # a process that does not start); a lost host or a signal does not.
-                self._roll_back_all(reason=reason, reject=not isinstance(
-                    e, (ConnectionFailed, KeyboardInterrupt)))
-                raise HealthGateFailed(
-                    f"wave {i} ({', '.join(wave)}) failed, and every host this deploy touched "
-                    f"was rolled back:\n{reason}") from None
-            self.say("wave_done", f"wave {i} ok ({time.monotonic() - t0:.1f}s)", wave=i)
+                self.say("wave_done", f"wave {i} ok ({time.monotonic() - t0:.1f}s)", wave=i)
+        except (DeployError, KeyboardInterrupt) as e:
+            reason = str(e) if isinstance(e, DeployError) else _interrupted(e)
+            self.record["outcome"] = "rolled_back"
+            self.record["failed_wave"] = i
+            # Only the release's own failure rejects it (a gate, a readiness probe, a
+            # process that does not start); a lost host or a signal does not.
+            self._roll_back_all(reason=reason, reject=not isinstance(
+                e, (ConnectionFailed, KeyboardInterrupt)))
+            raise HealthGateFailed(
+                f"wave {i} ({', '.join(wave)}) failed, and every host this deploy touched "
+                f"was rolled back:\n{reason}") from None
         self._prune()
         tag = None
         if self.publishes:

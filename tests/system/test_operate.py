@@ -351,7 +351,7 @@ def test_history_and_status_agree_with_the_hosts(ops):
             on_hosts.setdefault(key, {"rec": rec, "hosts": []})["hosts"].append(h)
     events = [json.loads(x) for x in ops.fab(f"history:{SVC}", "--json").stdout.splitlines()]
     entries = [e for e in events if e["event"] == "history"]
-    assert len(entries) == len(on_hosts) == 7
+    assert len(entries) == len(on_hosts) == 9
     assert [e["started"] for e in entries] == sorted(k[0] for k in on_hosts)
     for e in entries:
         want = on_hosts[(e["started"], e["action"], e["release"])]
@@ -366,6 +366,8 @@ def test_history_and_status_agree_with_the_hosts(ops):
         ("deploy", "success", v("v2")[:7], 4),   # the one of the two concurrent deploys
         ("deploy", "success", v("v3")[:7], 4),   # after the killed one, which left no record
         ("deploy", "failed", v("v4")[:7], 4),    # Ctrl-C while staging
+        ("deploy", "failed", v("v4")[:7], 4),    # SIGTERM while staging
+        ("deploy", "rolled_back", v("v4")[:7], 4),  # SIGTERM in wave 2
         ("rollback", "success", v("v2")[:7], 4),
         ("rollback", "success", v("v1")[:7], 4),
         ("deploy", "success", v("v3")[:7], 1),
