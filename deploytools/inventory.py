@@ -370,6 +370,10 @@ class SSHTarget(Target):
         except (OSError, EOFError, paramiko.SSHException) as e:
             if isinstance(e, paramiko.SSHException) and "Timeout" in str(e):
                 self.unresponsive = f"no channel within {self.ssh.connect_timeout}s"
+                raise ConnectionFailed(
+                    f"{self.describe()} stopped answering: timed out opening a channel after "
+                    f"{self.ssh.connect_timeout}s (ssh.connect_timeout)", host=self.name,
+                    delivered=False) from None
             raise ConnectionFailed(f"lost the connection to {self.describe()}: "
                                    f"{e or type(e).__name__}", host=self.name,
                                    delivered=False) from None
