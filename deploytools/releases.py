@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import render, supervisor, venv
+from . import handoff, render, supervisor, venv
 from .script import q, write_file
 
 
@@ -154,7 +154,7 @@ def activate_script(service, dir: str, release: str, *, force_restart: bool = Fa
     Prints `@@previous NAME` and `@@mode reload|restart|start`.
     """
     ctl = supervisor.ctl(dir)
-    name = q(service.name)
+    name = q(handoff.target(service))
     sig = service.reload_signal
     return f"""
 cd {q(dir)}
@@ -176,7 +176,7 @@ state=$({ctl} status {name} 2>&1 || true)
 case "$state" in
   *RUNNING*)
     if [ "$mode" = reload ]; then {ctl} signal {q(sig if sig != "restart" else "HUP")} {name} >/dev/null
-    else {ctl} stop {name} >/dev/null; {ctl} start {name} >&2 || {{ tail -n 12 log/{service.name}.log >&2; exit 1; }}; fi ;;
+    else {q(dir)}/bin/ctl restart-program || {{ tail -n 12 log/{service.name}.log >&2; exit 1; }}; fi ;;
   *STARTING*) mode=start ;;
   *)
     mode=start
@@ -195,7 +195,7 @@ def wait_ready_script(service, dir: str, release: str, timeout: float) -> str:
 cd {q(dir)}
 deadline=$((SECONDS + {int(timeout) + 1}))
 while :; do
-  st=$({ctl} status {q(service.name)} 2>&1 || true)
+  st=$({ctl} status {q(handoff.target(service))} 2>&1 || true)
   ok=1; workers=0; stale=0
   case "$st" in *RUNNING*) ;; *FATAL*) echo "it does not start: $st" >&2; tail -n 12 log/{service.name}.log >&2; exit 1 ;; *) ok=0 ;; esac
   if {"true" if check_workers else "false"}; then
@@ -223,10 +223,11 @@ done
 def reload_script(service, dir: str, *, hard: bool) -> str:
     """Restart (hard) or gracefully reload the live release."""
     ctl = supervisor.ctl(dir)
-    name = q(service.name)
+    name = q(handoff.target(service))
     sig = service.reload_signal
     if hard or sig == "restart":
-        action = f"{ctl} stop {name} >/dev/null 2>&1 || true; {ctl} start {name} >/dev/null"
+        action = (f"if {ctl} status {name} | grep -q RUNNING; then {q(dir)}/bin/ctl restart-program; "
+                  f"else {ctl} start {name} >/dev/null; fi")
     else:
         action = (f"if {ctl} status {name} | grep -q RUNNING; then {ctl} signal {q(sig)} {name} "
                   f">/dev/null; else {ctl} start {name} >/dev/null; fi")
@@ -252,7 +253,7 @@ echo "@@current $(basename "$(readlink current 2>/dev/null)" 2>/dev/null)"
 for r in releases/*/; do r=${{r%/}}; [ -f "$r/.deploy/staged" ] && echo "@@release ${{r#releases/}}"; [ -f "$r/.deploy/rejected" ] && echo "@@rejected ${{r#releases/}}"; done
 if [ -f current/.deploy/manifest.json ]; then printf '@@manifest %s\\n' "$(tr -d '\\n' < current/.deploy/manifest.json)"; fi
 if [ -x tools/bin/supervisorctl ] && [ -S run/supervisor.sock ]; then
-  {ctl} status {q(service.name)} 2>&1 | sed 's/^/@@status /' || true
+  {ctl} status {q(handoff.target(service))} 2>&1 | sed 's/^/@@status /' || true
 fi
 true
 """
@@ -260,6 +261,7 @@ true
 
 def parse_inspect(stdout: str, service_name: str) -> HostState:
     state = HostState()
+    status_lines: list[str] = []
     for line in stdout.splitlines():
         if not line.startswith("@@"):
             continue
@@ -277,7 +279,9 @@ def parse_inspect(stdout: str, service_name: str) -> HostState:
             except ValueError:
                 state.manifest = {}
         elif key == "status":
-            state.process = supervisor.parse_status(value, service_name)
+            status_lines.append(value)
+    if status_lines:
+        state.process = supervisor.parse_status("\n".join(status_lines), service_name)
     state.releases.sort()
     return state
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import jinja2
 
+from . import handoff
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -54,7 +56,8 @@ def service_env(service, host, dir: str, release: str, commit: str) -> dict[str,
 
 
 def release_files(service, host, dir: str, release: str, commit: str) -> list[File]:
-    ctx = dict(service=service, dir=dir, release=release, bind=bind_for(service, host))
+    ctx = dict(service=service, dir=dir, release=release, bind=bind_for(service, host),
+               inherit=handoff.inherits(service))
     files = [
         File(".deploy/env", render("env.j2", env=service_env(service, host, dir, release, commit),
                                    **ctx), 0o600),
@@ -66,7 +69,8 @@ def release_files(service, host, dir: str, release: str, commit: str) -> list[Fi
 
 
 def service_files(service, host, dir: str) -> list[File]:
-    ctx = dict(service=service, dir=dir)
+    ctx = dict(service=service, dir=dir, bind=bind_for(service, host),
+               inherit=handoff.inherits(service))
     return [
         File("etc/supervisord.conf", render("supervisord.conf.j2", **ctx)),
         File("bin/ctl", render("ctl.j2", **ctx), 0o755),

@@ -1,0 +1,34 @@
+"""Who owns a service's listening socket, and so whether its restarts drop requests.
+
+`inherit`: supervisord owns the socket (an `[fcgi-program]` with two slots) and
+hands it to the program as fd 0; a restart goes one slot at a time (`bin/ctl
+restart-program`), so some process is always accepting and the socket is never
+closed: no connection is refused or reset. The WSGI kinds always inherit
+(gunicorn binds `fd://0`); kind command opts in with `socket: inherit` when the
+program can serve a listening socket it finds on fd 0.
+
+`bind`: the program binds its own port (kind command by default). A restart
+stops it and starts it again: connections are refused until it listens again,
+and the tool says so when it restarts one.
+"""
+from __future__ import annotations
+
+SOCKET_MODES = ("inherit", "bind")
+
+
+def socket_mode(service) -> str:
+    """`inherit` or `bind` for a service (its `socket` setting, else by kind)."""
+    mode = getattr(service, "socket", None)
+    if mode:
+        return mode
+    return "bind" if service.kind == "command" else "inherit"
+
+
+def inherits(service) -> bool:
+    return socket_mode(service) == "inherit"
+
+
+def target(service) -> str:
+    """The supervisorctl name of all the service's processes: `NAME:*` (a group of two
+    slots, or the one process of a plain program)."""
+    return f"{service.name}:*"
