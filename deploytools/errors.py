@@ -26,6 +26,12 @@ class DeployError(Exception):
         return f"{self.host}: {self.message}" if self.host else self.message
 
 
+def errors_text(errors: dict[str, BaseException]) -> str:
+    """Per-host failures, one indented `host: message` line each, for an error message."""
+    return "\n".join(f"  {name}: {err.message if isinstance(err, DeployError) else err}"
+                     for name, err in errors.items())
+
+
 class UsageError(DeployError):
     """Bad command line: unknown task, service, host or option."""
 
@@ -50,7 +56,15 @@ class ConfigError(DeployError):
 
 
 class ConnectionFailed(DeployError):
-    """A host could not be reached over SSH."""
+    """A host could not be reached over SSH.
+
+    `delivered` says whether the command in hand may have reached the host: False
+    when the connection was refused or was already known dead before sending it (so
+    the host is as it was), True when it broke while the command ran (unknown)."""
+
+    def __init__(self, message: str, *, host: str | None = None, delivered: bool = True):
+        super().__init__(message, host=host)
+        self.delivered = delivered
 
 
 class RemoteCommandError(DeployError):
@@ -77,6 +91,25 @@ class RestoreFailed(DeployError):
     """A rollback could not bring a host back to a working release."""
 
     exit_code = EXIT_UNRESTORED
+
+
+class PublishFailed(DeployError):
+    """Every wave passed and the release is live, but the production branch or the
+    date tag could not be moved: git and the fleet disagree until someone fixes it."""
+
+    exit_code = EXIT_UNRESTORED
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP reached a command that changes hosts (a CI runner
+    cancelling its job sends SIGTERM). Handled like Ctrl-C: roll back, record, unlock."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name}"
 
 
 class LockedError(DeployError):

@@ -18,12 +18,13 @@ import dataclasses
 import math
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import requests
 
-from . import health
+from . import health, probe
 from .errors import HealthGateFailed
+from .inventory import each
 from .script import q
 
 
@@ -37,8 +38,8 @@ class Prober:
     """Probes every host's health URL at a fixed interval in background threads."""
 
     def __init__(self, service, hosts: dict, interval: float):
-        from .rollout import probe_url
-        self.urls = {name: probe_url(service, host) for name, host in hosts.items()}
+        self.service = service
+        self.hosts = hosts
         self.interval = interval
         self.timeout = min(2.0, service.health.timeout)
         self.samples: dict[str, list[tuple[float, bool]]] = {n: [] for n in hosts}
@@ -50,10 +51,8 @@ class Prober:
         session = requests.Session()
         while not self._stop.is_set():
             t = time.time()
-            try:
-                ok = session.get(self.urls[name], timeout=self.timeout).status_code < 500
-            except requests.RequestException:
-                ok = False
+            ok = probe.probe(self.service, self.hosts[name], timeout=self.timeout,
+                             session=session).ok
             # Stamped when the answer came, as gunicorn stamps its access-log lines.
             self.samples[name].append((time.time(), ok))
             self._stop.wait(max(0.0, self.interval - (time.time() - t)))
@@ -92,8 +91,7 @@ class AccessLogs:
     """The hosts' access logs, read from where each one stood when the window opened."""
 
     def __init__(self, fleet, service, names):
-        from .inventory import each
-        self.fleet, self.service, self._each = fleet, service, each
+        self.fleet, self.service = fleet, service
         sizes = self._run(names, lambda t, path: log_size_script(path), "sizing")
         self.offsets = {n: int(out.strip() or 0) for n, out in sizes.items()}
 
@@ -101,7 +99,7 @@ class AccessLogs:
         return f"{self.service.dir_on(t.host)}/{self.service.access_log}"  # kind command: its output
 
     def _run(self, names, script, what: str) -> dict[str, str]:
-        out, errors = self._each(
+        out, errors = each(
             [self.fleet[n] for n in names],
             lambda t: t.run(script(t, self._path(t)), what=f"{what} the access log").stdout,
             parallel=self.service.parallel)

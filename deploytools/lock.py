@@ -7,13 +7,20 @@ on any host releases what was taken and names the holder. Two deploys that
 share a host therefore never both run, while a host that is down does not
 block deploys to the others.
 
-The file holds the owner (user or CI job, controller host, pid, start time).
-While the deploy runs, a heartbeat thread touches the file on every host
-every few seconds: its mtime is the heartbeat, so its age is measured with
-the host's own clock (no skew between controllers) and a heartbeat can never
-recreate a lock that `unlock` removed (`touch -c`). A lock whose heartbeat is
-older than STALE_AFTER beats, or whose process is gone when it was taken
-from this machine, is reported as stale; `fab unlock:<service>` breaks it.
+The file holds the owner (user or CI job, controller, pid, a per-run id) and
+its progress (the wave it reached). While the deploy runs, a heartbeat thread
+touches the file on every host every few seconds: its mtime is the
+heartbeat, so its age is measured with the host's own clock (no skew between
+controllers) and a heartbeat can never recreate a lock that was removed
+(`touch -c`, and only while the file holds our run id).
+
+A lock is stale when its heartbeat is older than STALE_AFTER beats, or, when
+it was taken from this very machine (same boot and pid namespace, not merely
+the same hostname: CI runners are all called `runner`), when its process is
+gone. A deploy that meets a stale lock takes it over, loudly: it names the
+dead deploy (who, when, what, the wave it reached) and records the takeover
+in the history, because the fleet that deploy left may be mixed. A live lock
+is never broken: `fab unlock` refuses a fresh one unless force=true.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from .errors import LockedError
+from .errors import DeployError, LockedError, errors_text
 from .inventory import each
 from .script import q
 
@@ -65,21 +72,35 @@ def pid_alive(pid: int, started: str | None) -> bool:
     return not (started and now and now != started)
 
 
+def machine_id() -> str:
+    """This machine as a lock sees it: the boot id plus our pid namespace. Two CI
+    runners with one hostname differ here, and so do two containers of one host,
+    so a pid is only judged where it means the same process."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return f"{boot}/{pidns}"
+
+
 def owner_record(action: str) -> dict:
     who = os.environ.get("DEPLOYTOOLS_USER") or os.environ.get("GITLAB_USER_LOGIN") \
         or os.environ.get("GITHUB_ACTOR") or getpass.getuser()
     job = os.environ.get("CI_JOB_URL") or os.environ.get("GITHUB_RUN_ID") or os.environ.get("BUILD_URL")
     return {"id": uuid.uuid4().hex[:12], "user": who, "job": job, "controller": socket.gethostname(),
-            "pid": os.getpid(), "proc_start": _proc_start(os.getpid()), "action": action,
-            "heartbeat": heartbeat_interval(),
+            "machine": machine_id(), "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
+            "action": action, "heartbeat": heartbeat_interval(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def staleness(holder: dict, *, hostname: str | None = None, alive=pid_alive) -> str | None:
+def staleness(holder: dict, *, machine: str | None = None, alive=pid_alive) -> str | None:
     """Why the lock `holder` (its record plus `age`, the seconds since its last
     heartbeat on the host) is stale, or None while its deploy may be running."""
     pid = holder.get("pid")
-    if pid and holder.get("controller") == (hostname or socket.gethostname()):
+    here = machine if machine is not None else machine_id()
+    if pid and here and holder.get("machine") == here:
         # Taken from this machine: its process tells more than any heartbeat.
         if alive(pid, holder.get("proc_start")):
             return None
@@ -131,13 +152,50 @@ def parse_holder(stdout: str) -> dict | None:
     return holder
 
 
+def takeover_script(path: str, stale_id: str) -> str:
+    """Remove the lock at `path` only if it still holds the stale run `stale_id`
+    (compare and delete: a deploy that took it meanwhile keeps it)."""
+    return f"if grep -qF {q(stale_id)} {q(path)} 2>/dev/null; then rm -f {q(path)}; fi\n"
+
+
+def note_script(path: str, run_id: str, record: str) -> str:
+    """Rewrite our lock's record (progress), only while it is still ours."""
+    return (f"if grep -qF {q(run_id)} {q(path)} 2>/dev/null; then\n"
+            f"  printf '%s\\n' {q(record)} > {q(path + '.new')} && mv -f {q(path + '.new')} {q(path)}\n"
+            "fi\n")
+
+
+def read_lock_script(path: str) -> str:
+    """Print the lock at `path` the way `acquire_script` prints a held one (or nothing)."""
+    return (f"if [ -f {q(path)} ]; then\n"
+            "  echo '@@lock held'\n"
+            f"  echo \"@@age $(( $(date +%s) - $(stat -c %Y {q(path)} 2>/dev/null || date +%s) ))\"\n"
+            f"  printf '@@holder %s\\n' \"$(tr -d '\\n' < {q(path)} 2>/dev/null || true)\"\n"
+            "fi\n")
+
+
+def remove_lock_script(path: str, holder_id: str | None) -> str:
+    """Remove the lock at `path` if it still holds `holder_id` (any lock if None)."""
+    if holder_id is None:
+        return f"if [ -f {q(path)} ]; then rm -f {q(path)}; echo @@unlocked; fi\n"
+    return (f"if grep -qF {q(holder_id)} {q(path)} 2>/dev/null; then rm -f {q(path)}; "
+            "echo @@unlocked; fi\n")
+
+
 class FleetLock:
-    def __init__(self, fleet, service, action: str, *, wait: float = 0):
+    """The deploy lock of one service on every host of a fleet.
+
+    `say(kind, message, **fields)` reports a takeover of a stale lock; the
+    takeovers are kept in `taken_over` for the history."""
+
+    def __init__(self, fleet, service, action: str, *, wait: float = 0, say=None):
         self.fleet = fleet
         self.service = service
         self.owner = owner_record(action)
         self.wait = wait
+        self.say = say or (lambda kind, message, **fields: None)
         self.held: list[str] = []
+        self.taken_over: list[dict] = []
         self.interval = self.owner["heartbeat"]
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -158,7 +216,10 @@ class FleetLock:
                     time.sleep(0.1)
                     continue
                 why = staleness(holder)
-                # A stale lock is refused at once: waiting for a dead deploy never ends.
+                if why and holder.get("id"):
+                    self._take_over(holder, why)
+                    continue
+                # A stale lock we cannot take over is refused at once: waiting never ends.
                 if why or time.monotonic() >= deadline:
                     self._refuse(holder, why)
                 time.sleep(min(1.0, max(0.1, deadline - time.monotonic())))
@@ -169,6 +230,21 @@ class FleetLock:
         self._beat = threading.Thread(target=self._heartbeat, name="lock-heartbeat", daemon=True)
         self._beat.start()
 
+    def _take_over(self, holder: dict, why: str) -> None:
+        """Break a dead deploy's lock on every host that still has it, and say so loudly."""
+        stale_id = holder["id"]
+        if all(h.get("id") != stale_id for h in self.taken_over):
+            self.taken_over.append(dict(holder, stale=why))
+            reached = f", it had reached wave {holder['wave']}" if holder.get("wave") else ""
+            self.say("lock_takeover",
+                     f"WARNING: taking over the lock of a dead deploy of {self.service.name} "
+                     f"({why}): {describe_holder(holder)}{reached}. The fleet it left may be "
+                     "mixed: check `fab status` (a plain `fab rollback` returns every host to "
+                     "one release).", holder=holder, stale=why)
+        each(list(self.fleet), lambda t: t.run(takeover_script(self._path(t), stale_id),
+                                               what="breaking a stale deploy lock"),
+             parallel=8)
+
     def _refuse(self, holder: dict, stale: str | None) -> None:
         name = self.service.name
         if stale:
@@ -178,8 +254,9 @@ class FleetLock:
                 f"running, break it with: fab unlock:{name}")
         raise LockedError(
             f"{name} is locked by another deploy: {describe_holder(holder)}. "
-            "Wait for it to finish (or use --lock-wait SECONDS); if that deploy is dead, "
-            f"break the lock with: fab unlock:{name}")
+            "Wait for it to finish (or use --lock-wait SECONDS). If that deploy died, the "
+            f"next deploy takes its lock over once it has missed {STALE_AFTER} heartbeats "
+            f"(or break it now with: fab unlock:{name},force=true)")
 
     def _try(self) -> dict | None:
         record = json.dumps(self.owner)
@@ -193,6 +270,15 @@ class FleetLock:
             holder["host"] = target.name
             return holder
         return None
+
+    def note(self, **progress) -> None:
+        """Record progress (e.g. wave=2) in the lock, so whoever finds it after a
+        crash knows how far this deploy got. Best effort."""
+        self.owner.update(progress)
+        record = json.dumps(self.owner)
+        each([self.fleet[n] for n in self.held],
+             lambda t: t.run(note_script(self._path(t), self.owner["id"], record), check=False,
+                             what="noting progress in the lock"), parallel=8)
 
     def _heartbeat(self) -> None:
         token = q(self.owner["id"])
@@ -210,12 +296,10 @@ class FleetLock:
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join(timeout=10)
             self._beat = None
-        token = q(self.owner["id"])
 
         def drop(target):
             if target.name in self.held:
-                path = q(self._path(target))
-                target.run(f"grep -qF {token} {path} 2>/dev/null && rm -f {path} || true",
+                target.run(remove_lock_script(self._path(target), self.owner["id"]),
                            check=False, what="releasing the deploy lock")
         each([self.fleet[n] for n in reversed(self.held)], drop, parallel=8)
         self.held.clear()
@@ -228,6 +312,16 @@ class FleetLock:
         self.release()
 
 
+def read_locks(fleet, service) -> dict[str, dict | None]:
+    """Each host's lock holder (its record plus `age`), or None where unlocked."""
+    out, errors = each(fleet, lambda t: parse_holder(
+        t.run(read_lock_script(service.dir_on(t.host) + "/.lock"), what="reading the lock").stdout
+        or "@@lock acquired"), parallel=service.parallel)
+    if errors:
+        raise DeployError("could not read the lock on every host:\n" + errors_text(errors))
+    return out
+
+
 def describe_holder(holder: dict) -> str:
     if "raw" in holder:
         return f"lock file on {holder.get('host')} says {holder['raw']!r}"
@@ -236,10 +330,6 @@ def describe_holder(holder: dict) -> str:
     beat = f", last heartbeat {age:.0f}s ago on {holder.get('host')}" if age is not None else ""
     return (f"{holder.get('user')} ({holder.get('action')} from {holder.get('controller')} "
             f"pid {holder.get('pid')}{job}) since {holder.get('started')}{beat}")
-
-
-def unlock_script(dir: str) -> str:
-    return f"if [ -f {q(dir)}/.lock ]; then cat {q(dir)}/.lock; rm -f {q(dir)}/.lock; echo @@unlocked; fi\n"
 
 
 def history_append_script(dir: str, record: dict) -> str:

@@ -18,9 +18,10 @@ import re
 import threading
 import time
 
-from . import releases
 from .errors import ConnectionFailed, DeployError, UsageError
+from .hoststate import HostState, inspect_script, parse_inspect
 from .inventory import Fleet, each
+from .probe import probe
 from .script import q
 
 LOGS = ("access.log", "error.log", "{service}.log", "supervisord.log")
@@ -90,7 +91,7 @@ class TailSplitter:
         return out
 
 
-def status_text(state: releases.HostState, health: str | None = None) -> str:
+def status_text(state: HostState, health: str | None = None) -> str:
     """One line about a host: live release and commit, process state, health."""
     proc = state.process
     if proc is None:
@@ -137,12 +138,25 @@ class Printer:
         self.reporter.event("log", f"{name} {log.ljust(self.label_width)} | {text}")
 
 
+def _lines(value) -> int | None:
+    """`lines=` as given on the command line (text) or by a caller (int)."""
+    if value is None:
+        return None
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise UsageError(f"lines={value}: give a number of lines, 0 or more "
+                         "(e.g. fab monitor:SERVICE,lines=50).")
+    return n
+
+
 def monitor(session, name: str, *, lines: int | None = None, follow=None) -> None:
     service = session.config.service(name)
     hosts = session.hosts_for(service)
     follow = _flag(follow, default=lines is None)
-    if lines is not None and lines < 0:
-        raise UsageError(f"lines={lines}: give a number of lines, 0 or more.")
+    lines = _lines(lines)
     labels = [label(p) for p in log_paths(service, "")]
     printer = Printer(session.reporter, hosts, labels)
     with Fleet(session.config, hosts) as fleet:
@@ -158,11 +172,9 @@ def monitor(session, name: str, *, lines: int | None = None, follow=None) -> Non
 
 def _status(service, fleet, printer) -> list:
     """Print a status line per host; return the hosts that answered."""
-    from .rollout import probe
-
     def inspect(t):
-        r = t.run(releases.inspect_script(service, service.dir_on(t.host)), what="inspecting")
-        state = releases.parse_inspect(r.stdout, service.name)
+        r = t.run(inspect_script(service, service.dir_on(t.host)), what="inspecting")
+        state = parse_inspect(r.stdout, service.name)
         health = probe(service, t.host, timeout=2)[1] if state.current else None
         return status_text(state, health)
     texts, errors = each(fleet, inspect, parallel=service.parallel)

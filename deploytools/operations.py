@@ -9,13 +9,20 @@ import json
 import time
 
 from . import lock as lock_mod
-from . import releases
-from .errors import DeployError, RestoreFailed, UsageError
+from . import releases, signals
+from .errors import DeployError, LockedError, RestoreFailed, UsageError, errors_text
+from .hoststate import commit_of, fleet_rollback_target, inspect_all
 from .inventory import Fleet, each
-from .rollout import Rollout, inspect_all, now_iso, probe, restore, _errors_text
+from .probe import probe
+from .rollout import Rollout, now_iso
 from . import plan as plan_mod
-from .script import facts, q
+from .script import facts
 from .vcs import ServiceRepo
+
+
+def _lock(session, fleet, service, action: str) -> lock_mod.FleetLock:
+    return lock_mod.FleetLock(fleet, service, action, wait=session.lock_wait,
+                              say=session.reporter.event)
 
 
 def _service_and_hosts(session, name: str):
@@ -23,8 +30,18 @@ def _service_and_hosts(session, name: str):
     return service, session.hosts_for(service)
 
 
+def _given(value: str | None, what: str, example: str) -> str | None:
+    """An argument that was given must say something: an empty `ref=` (a CI job whose
+    $TAG came out empty) would otherwise deploy the default branch."""
+    if value is not None and not str(value).strip():
+        raise UsageError(f"{what}= is empty. Give it a value ({example}), or leave it out "
+                         "to use the default.")
+    return value
+
+
 def deploy(session, name: str, ref: str | None = None, *, force: bool = False,
            smart: bool = False) -> dict:
+    ref = _given(ref, "ref", "a branch, tag or commit")
     service, hosts = _service_and_hosts(session, name)
     return Rollout(session, service, hosts, ref=ref, force=force,
                    action="smart_deploy" if smart else "deploy", smart=smart).run()
@@ -32,17 +49,13 @@ def deploy(session, name: str, ref: str | None = None, *, force: bool = False,
 
 def plan(session, name: str, ref: str | None = None) -> dict:
     """Dry run of smart_deploy: reads the hosts and the repo, changes nothing."""
+    ref = _given(ref, "ref", "a branch, tag or commit")
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     rollout = Rollout(session, service, hosts, ref=ref, smart=True, action="plan")
-    repo = ServiceRepo(service).update()
-    rollout.commit = repo.resolve(ref)
-    with Fleet(session.config, hosts) as fleet:
-        rollout.fleet = fleet
-        rollout._inspect()
-    p = rollout._plan(repo)
+    p = rollout.plan()
     live = ", ".join(c[:7] for c in p.live) or "nothing"
-    report.event("plan", f"{service.name}: {live} -> {p.target[:7]} ({repo.subject(p.target)})",
+    report.event("plan", f"{service.name}: {live} -> {p.target[:7]} ({rollout.record['subject']})",
                  **p.to_dict())
     for step in p.steps:
         report.event("plan_step", f"  {'RUN ' if step.run else 'skip'}  {step.name:<14} {step.reason}",
@@ -65,15 +78,16 @@ def _django(service) -> None:
 def migrate(session, name: str, to: str | None = None) -> dict:
     """Apply the live release's unapplied migrations once (on the first host), or with
     `to=RELEASE`, migrate to the state recorded in that release's manifest."""
+    to = _given(to, "to", "a release name")
     service, hosts = _service_and_hosts(session, name)
     _django(service)
     with Fleet(session.config, hosts[:1]) as fleet:
         t = fleet[hosts[0]]
         d = service.dir_on(t.host)
-        st = inspect_all(service, fleet)[t.name]
-        if not st.current:
-            raise UsageError(f"nothing is deployed on {t.name} yet: deploy first.")
-        with lock_mod.FleetLock(fleet, service, "migrate", wait=session.lock_wait):
+        with _lock(session, fleet, service, "migrate"):
+            st = inspect_all(service, fleet)[t.name]
+            if not st.current:
+                raise UsageError(f"nothing is deployed on {t.name} yet: deploy first.")
             if to:
                 steps = _reverse_migrations(service, t, st.current, to, session.reporter)
                 return {"reversed": steps}
@@ -123,7 +137,8 @@ def media(session, name: str) -> None:
     """Collect static files into the live release and make sure shared/media exists."""
     service, hosts = _service_and_hosts(session, name)
     _django(service)
-    with Fleet(session.config, hosts) as fleet:
+    with Fleet(session.config, hosts) as fleet, \
+            _lock(session, fleet, service, "media"):
         states = inspect_all(service, fleet)
 
         def go(t):
@@ -131,15 +146,43 @@ def media(session, name: str) -> None:
             if not current:
                 raise UsageError("nothing deployed yet: deploy first", host=t.name)
             d = service.dir_on(t.host)
-            t.run(f"mkdir -p {q(d)}/shared/media && ln -sfn {q(d)}/shared/media "
-                  f"{q(d)}/releases/{q(current)}/media\n"
-                  + releases.manage_script(service, d, current, "collectstatic --noinput -v0"),
-                  what="collecting static files")
+            t.run(releases.media_script(service, d, current), what="collecting static files")
             session.reporter.event("media", f"  {t.name}: static collected into {current}, "
                                             f"media in {d}/shared/media", host=t.name)
         _, errors = each(fleet, go, parallel=service.parallel)
     if errors:
-        raise DeployError("media failed:\n" + _errors_text(errors))
+        raise DeployError("media failed:\n" + errors_text(errors))
+
+
+def _rollback_targets(service, states: dict, to: str | None, report) -> dict[str, str]:
+    """The release each host goes back to. Without `to`, one release for the whole
+    fleet (see hoststate.fleet_rollback_target); hosts with nothing deployed are left
+    alone. Raises UsageError, before anything changed, when a host lacks its target."""
+    if not to:
+        choice = fleet_rollback_target(states)
+        if choice.release is None:
+            raise UsageError(f"cannot roll back {service.name}: {choice.why}; nothing was "
+                             "changed. Roll back to a named release with "
+                             f"fab rollback:{service.name},to=RELEASE_OR_TAG.")
+        report.event("rollback_target", f"{service.name}: rolling back to {choice.release}: "
+                                        f"{choice.why}", release=choice.release, why=choice.why)
+        return {h: choice.release for h, st in states.items() if st.current}
+    commit = None
+    if not any(to in st.releases for st in states.values()):
+        commit = ServiceRepo(service).update().resolve(to)
+    targets: dict[str, str] = {}
+    problems = []
+    for h, st in states.items():
+        matches = [to] if to in st.releases else [
+            r for r in st.releases if commit and r.endswith("-" + commit[:7])]
+        if not matches:
+            problems.append(f"{h}: no release matching {to!r} on disk (releases: "
+                            f"{', '.join(st.releases) or 'none'})")
+            continue
+        targets[h] = matches[-1]
+    if problems:
+        raise UsageError("cannot roll back; nothing was changed:\n  " + "\n  ".join(problems))
+    return targets
 
 
 def rollback(session, name: str, to: str | None = None, *, migrate: bool = False) -> dict:
@@ -148,48 +191,37 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
     Rolling back across migrations warns and names them; with migrate=True they
     are reversed first (with the newer code, which knows them) to the state
     recorded in the target release."""
+    to = _given(to, "to", "a release name, tag or commit")
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     started = time.monotonic()
-    with Fleet(session.config, hosts) as fleet:
-        states = inspect_all(service, fleet)
-        targets: dict[str, str] = {}
-        problems = []
-        commit = None
-        if to and not any(to in st.releases for st in states.values()):
-            commit = ServiceRepo(service).update().resolve(to)
-        for h, st in states.items():
-            if to:
-                if to in st.releases:
-                    target = to
-                else:
-                    matches = [r for r in st.releases if r.endswith("-" + commit[:7])]
-                    target = matches[-1] if matches else None
-            else:
-                target = releases.previous_release(st)
-            if target is None:
-                problems.append(f"{h}: no {'release matching ' + repr(to) if to else 'earlier release'}"
-                                f" on disk (releases: {', '.join(st.releases) or 'none'})")
-            targets[h] = target
-        if problems:
-            raise UsageError("cannot roll back; nothing was changed:\n  " + "\n  ".join(problems))
-        lock = lock_mod.FleetLock(fleet, service, "rollback", wait=session.lock_wait)
+    with signals.terminating(), Fleet(session.config, hosts) as fleet:
+        # The lock first: a state read before it could be changed by the deploy we wait for.
+        lock = _lock(session, fleet, service, "rollback")
         with lock:
+            states = inspect_all(service, fleet)
+            targets = _rollback_targets(service, states, to, report)
             record = {"service": service.name, "action": "rollback", "hosts": hosts,
                       "started": now_iso(), "user": lock.owner["user"], "job": lock.owner["job"]}
+            if lock.taken_over:
+                record["took_over_lock"] = lock.taken_over
 
             def back(t):
                 st = states[t.name]
+                if t.name not in targets:
+                    report.event("restored", f"  {t.name}: nothing deployed, left alone",
+                                 host=t.name)
+                    return "noop"
                 if targets[t.name] == st.current:
                     report.event("restored", f"  {t.name}: already on {st.current}", host=t.name)
                     return "noop"
-                restore(service, t, targets[t.name])
+                releases.restore(service, t, targets[t.name])
                 report.event("restored", f"  {t.name}: {st.current} -> {targets[t.name]}",
                              host=t.name, release=targets[t.name])
                 return "restored"
             report.event("rollback", f"{service.name}: rolling back {', '.join(hosts)}",
                          service=service.name, hosts=hosts)
-            first = fleet[hosts[0]]
+            first = fleet[next(h for h in hosts if h in targets)]
             cur, tgt = states[first.name].current, targets[first.name]
             if service.kind == "django" and service.migrate and cur and cur != tgt:
                 rec = _recorded_migrations(service, first, [cur, tgt])
@@ -211,15 +243,17 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
 
             def write(t):
                 st = states[t.name]
+                to_release = targets.get(t.name, st.current)
                 rec = dict(record, host=t.name, from_release=st.current,
-                           from_commit=st.manifest.get("commit"), to_release=targets[t.name],
-                           release=targets[t.name], commit=targets[t.name].rsplit("-", 1)[-1],
+                           from_commit=st.manifest.get("commit"), to_release=to_release,
+                           release=to_release,
+                           commit=commit_of(to_release) if to_release else None,
                            error=str(errors[t.name]) if t.name in errors else None)
                 t.run(lock_mod.history_append_script(service.dir_on(t.host), rec), check=False)
             each(fleet, write, parallel=service.parallel)
         if errors:
             raise RestoreFailed("rollback failed on some hosts; a human must look:\n"
-                                + _errors_text(errors))
+                                + errors_text(errors))
     report.event("done", f"{service.name} rolled back on {', '.join(hosts)} "
                          f"({time.monotonic() - started:.1f}s)", service=service.name)
     return record
@@ -229,22 +263,20 @@ def restart(session, name: str, *, hard: bool = False) -> None:
     """Graceful reload (or hard restart) of the live release, then verify it serves."""
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
-    with Fleet(session.config, hosts) as fleet:
+    with Fleet(session.config, hosts) as fleet, \
+            _lock(session, fleet, service, "restart"):
         states = inspect_all(service, fleet)
 
         def go(t):
             d = service.dir_on(t.host)
             t.run(releases.reload_script(service, d, hard=hard), what="restarting")
             current = states[t.name].current
-            timeout = service.health.timeout + service.graceful_timeout
-            t.run(releases.wait_ready_script(service, d, current, timeout), what="waiting")
-            from .rollout import wait_healthy
-            wait_healthy(service, t.host, service.health.timeout)
+            releases.wait_ready(service, t, current)
             report.event("restarted", f"  {t.name}: {'restarted' if hard else 'reloaded'} "
                                       f"{current}", host=t.name, release=current)
         _, errors = each(fleet, go, parallel=service.parallel)
         if errors:
-            raise DeployError(f"restart of {service.name} failed:\n" + _errors_text(errors))
+            raise DeployError(f"restart of {service.name} failed:\n" + errors_text(errors))
 
 
 def status(session, name: str) -> list[dict]:
@@ -257,7 +289,8 @@ def status(session, name: str) -> list[dict]:
         st = states[h]
         proc = st.process
         commit = st.manifest.get("commit")
-        healthy, seen = probe(service, session.config.hosts[h], timeout=2) if st.current else (False, "-")
+        healthy, seen = (probe(service, session.config.hosts[h], timeout=2) if st.current
+                         else (False, "-"))
         tags = []
         if commit:
             try:
@@ -279,7 +312,8 @@ def status(session, name: str) -> list[dict]:
 
 def setup(session, name: str) -> None:
     service, hosts = _service_and_hosts(session, name)
-    with Fleet(session.config, hosts) as fleet:
+    with Fleet(session.config, hosts) as fleet, \
+            _lock(session, fleet, service, "setup"):
         def go(t):
             t0 = time.monotonic()
             r = t.run(releases.setup_script(service, t.host, service.dir_on(t.host)),
@@ -290,7 +324,7 @@ def setup(session, name: str) -> None:
                                             f" ({time.monotonic() - t0:.1f}s)", host=t.name)
         _, errors = each(fleet, go, parallel=service.parallel)
         if errors:
-            raise DeployError(f"setup of {service.name} failed:\n" + _errors_text(errors))
+            raise DeployError(f"setup of {service.name} failed:\n" + errors_text(errors))
 
 
 def history(session, name: str, limit: int = 20) -> list[dict]:
@@ -300,7 +334,7 @@ def history(session, name: str, limit: int = 20) -> list[dict]:
             lock_mod.history_read_script(service.dir_on(t.host), limit * 4)).stdout,
             parallel=service.parallel)
     if errors:
-        raise DeployError("could not read the history of every host:\n" + _errors_text(errors))
+        raise DeployError("could not read the history of every host:\n" + errors_text(errors))
     # One deploy wrote one line per host: merge them by start time.
     merged: dict[tuple, dict] = {}
     for h, text in out.items():
@@ -321,13 +355,33 @@ def history(session, name: str, limit: int = 20) -> list[dict]:
     return rows
 
 
-def unlock(session, name: str) -> None:
+def unlock(session, name: str, *, force: bool = False) -> None:
+    """Break a deploy lock. Only a stale one (its deploy stopped beating) unless force:
+    a fresh heartbeat means a deploy is running, and breaking its lock would let a
+    second deploy run over it."""
     service, hosts = _service_and_hosts(session, name)
+    report = session.reporter
     with Fleet(session.config, hosts) as fleet:
-        out, errors = each(fleet, lambda t: t.run(lock_mod.unlock_script(service.dir_on(t.host))
-                                                  ).stdout, parallel=service.parallel)
+        held = {h: x for h, x in lock_mod.read_locks(fleet, service).items() if x}
+        if not held:
+            report.event("unlock", f"{service.name}: no lock held", hosts=[])
+            return
+        live = {h: x for h, x in held.items()
+                if not x.get("retry") and "raw" not in x and not lock_mod.staleness(x)}
+        if live and not force:
+            h, holder = next(iter(live.items()))
+            raise LockedError(
+                f"{service.name} is locked by a deploy that is still running (its heartbeat "
+                f"is fresh): {lock_mod.describe_holder(dict(holder, host=h))}. Breaking it would "
+                "let two deploys run at once. Wait for it, or if you know it is dead (its "
+                f"machine is gone), break it anyway with: fab unlock:{service.name},force=true")
+        out, errors = each(fleet, lambda t: t.run(lock_mod.remove_lock_script(
+            service.dir_on(t.host) + "/.lock", (held.get(t.name) or {}).get("id"))).stdout,
+            parallel=service.parallel)
     if errors:
-        raise DeployError("could not unlock every host:\n" + _errors_text(errors))
+        raise DeployError("could not unlock every host:\n" + errors_text(errors))
     freed = [h for h, text in out.items() if "@@unlocked" in text]
-    session.reporter.event("unlock", f"{service.name}: lock removed on {', '.join(freed)}" if freed
-                           else f"{service.name}: no lock held", hosts=freed)
+    holder = next(iter(held.values()))
+    report.event("unlock", f"{service.name}: lock removed on {', '.join(freed)} (it was "
+                           f"held by {lock_mod.describe_holder(holder)})", hosts=freed,
+                 holder=holder)

@@ -11,11 +11,11 @@ and, where the output matters, a pure parser for it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import handoff, render, supervisor, venv
-from .script import q, write_file
+from .probe import wait_healthy
+from .script import facts, q, write_file
 
 
 def release_name(commit: str, when: datetime | None = None) -> str:
@@ -235,68 +235,6 @@ def reload_script(service, dir: str, *, hard: bool) -> str:
             + supervisor.ensure_running_script(dir) + action + "\n")
 
 
-@dataclass
-class HostState:
-    """What `inspect_script` reports about a service on one host."""
-    current: str | None = None
-    manifest: dict = field(default_factory=dict)
-    releases: list[str] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    process: supervisor.ProcessStatus | None = None
-
-
-def inspect_script(service, dir: str) -> str:
-    ctl = supervisor.ctl(dir)
-    return f"""
-cd {q(dir)} 2>/dev/null || {{ echo "@@missing 1"; exit 0; }}
-echo "@@current $(basename "$(readlink current 2>/dev/null)" 2>/dev/null)"
-for r in releases/*/; do r=${{r%/}}; [ -f "$r/.deploy/staged" ] && echo "@@release ${{r#releases/}}"; [ -f "$r/.deploy/rejected" ] && echo "@@rejected ${{r#releases/}}"; done
-if [ -f current/.deploy/manifest.json ]; then printf '@@manifest %s\\n' "$(tr -d '\\n' < current/.deploy/manifest.json)"; fi
-if [ -x tools/bin/supervisorctl ] && [ -S run/supervisor.sock ]; then
-  {ctl} status {q(handoff.target(service))} 2>&1 | sed 's/^/@@status /' || true
-fi
-true
-"""
-
-
-def parse_inspect(stdout: str, service_name: str) -> HostState:
-    state = HostState()
-    status_lines: list[str] = []
-    for line in stdout.splitlines():
-        if not line.startswith("@@"):
-            continue
-        key, _, value = line[2:].partition(" ")
-        value = value.strip()
-        if key == "current" and value:
-            state.current = value
-        elif key == "release":
-            state.releases.append(value)
-        elif key == "rejected":
-            state.rejected.append(value)
-        elif key == "manifest":
-            try:
-                state.manifest = json.loads(value)
-            except ValueError:
-                state.manifest = {}
-        elif key == "status":
-            status_lines.append(value)
-    if status_lines:
-        state.process = supervisor.parse_status("\n".join(status_lines), service_name)
-    state.releases.sort()
-    return state
-
-
-def previous_release(state: HostState) -> str | None:
-    """The release a plain rollback goes back to: the newest one older than current
-    that runs a different commit, skipping releases marked rejected."""
-    if not state.current:
-        return None
-    commit = state.current.rsplit("-", 1)[-1]
-    older = [r for r in state.releases if r < state.current and r not in state.rejected
-             and r.rsplit("-", 1)[-1] != commit]
-    return older[-1] if older else None
-
-
 def prune_script(dir: str, keep: int, protect: list[str]) -> str:
     """Keep the newest `keep` releases; never remove current or the protected ones
     (the release before current); then drop venvs no release uses."""
@@ -325,6 +263,12 @@ true
 """
 
 
+def stop_script(service, dir: str) -> str:
+    """Stop the program and remove `current` (undoing a host's first release)."""
+    return (f"cd {q(dir)}\n{supervisor.ctl(dir)} stop {q(handoff.target(service))} >/dev/null 2>&1 || true\n"
+            "rm -f current\n")
+
+
 def mark_rejected_script(dir: str, release: str) -> str:
     return f"touch {q(dir)}/releases/{q(release)}/.deploy/rejected 2>/dev/null || true\n"
 
@@ -333,6 +277,13 @@ def manage_script(service, dir: str, release: str, command: str) -> str:
     """Run `manage.py COMMAND` in a release with its environment (Django services)."""
     rdir = f"{dir}/releases/{release}"
     return _in_release(rdir, f".deploy/venv/bin/python manage.py {command}") + "\n"
+
+
+def media_script(service, dir: str, release: str) -> str:
+    """Link shared/media into `release` and collect its static files (Django)."""
+    return (f"mkdir -p {q(dir)}/shared/media\n"
+            f"ln -sfn {q(dir)}/shared/media {q(dir)}/releases/{q(release)}/media\n"
+            + manage_script(service, dir, release, "collectstatic --noinput -v0"))
 
 
 def migrate_script(service, dir: str, release: str, *, check_first: bool = True) -> str:
@@ -350,3 +301,39 @@ def migrate_script(service, dir: str, release: str, *, check_first: bool = True)
 def read_migrations_script(dir: str, releases_: list[str]) -> str:
     return "".join(f"printf '@@migrations {r} %s\\n' \"$(cat {q(dir)}/releases/{q(r)}/.deploy/"
                    f"migrations.json 2>/dev/null || echo null)\"\n" for r in releases_)
+
+
+# --- operations: the scripts above, run on one target, their facts read back ---
+
+
+def switch(service, t, release: str, *, force_restart: bool = False) -> str:
+    """Swap `current` to `release` on target `t` and reload or restart onto it.
+    Returns the mode: reload, restart or start."""
+    r = t.run(activate_script(service, service.dir_on(t.host), release,
+                              force_restart=force_restart), what=f"activating {release}")
+    return facts(r.stdout).get("mode", "?")
+
+
+def activate(service, t, release: str, *, force_restart: bool = False) -> str:
+    """Make `release` live on target `t` and wait until it serves it (readiness:
+    every worker on the new release, then the health probe). Returns the mode."""
+    mode = switch(service, t, release, force_restart=force_restart)
+    wait_ready(service, t, release)
+    return mode
+
+
+def wait_ready(service, t, release: str) -> None:
+    """Wait until `release`'s processes run on `t` and its health probe passes."""
+    timeout = service.health.timeout + service.graceful_timeout
+    t.run(wait_ready_script(service, service.dir_on(t.host), release, timeout),
+          what="waiting for the new processes")
+    wait_healthy(service, t.host, service.health.timeout)
+
+
+def restore(service, t, release: str | None) -> None:
+    """Put `release` back live on one host and verify it serves (None: the host had
+    nothing before, so stop the service and remove `current`)."""
+    if release is None:
+        t.run(stop_script(service, service.dir_on(t.host)), what="removing a first release")
+        return
+    activate(service, t, release)

@@ -10,53 +10,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import requests
-
 from . import gate
 from . import lock as lock_mod
-from . import releases
-from .errors import (DeployError, HealthGateFailed, RemoteCommandError, RestoreFailed,
-                     StagingFailed, UsageError)
+from . import releases, signals
+from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
+                     RestoreFailed, StagingFailed, UsageError, errors_text)
+from .hoststate import inspect_all
 from .inventory import Fleet, Target, each
 from . import plan as plan_mod
-from .script import facts, q, write_file
+from .script import facts, write_file
 from .vcs import ServiceRepo
 from .waves import compute_waves
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _errors_text(errors: dict[str, BaseException]) -> str:
-    return "\n".join(f"  {name}: {err.message if isinstance(err, DeployError) else err}"
-                     for name, err in errors.items())
-
-
-def probe_url(service, host) -> str:
-    port = service.bind.rsplit(":", 1)[1] if service.bind else service.port
-    return f"http://{host.address}:{port}{service.health.path}"
-
-
-def probe(service, host, timeout: float | None = None) -> tuple[bool, str]:
-    """One readiness probe: (ok, what we saw)."""
-    try:
-        r = requests.get(probe_url(service, host), timeout=timeout or service.health.timeout)
-    except requests.RequestException as e:
-        return False, f"no answer ({type(e).__name__})"
-    return 200 <= r.status_code < 300, f"HTTP {r.status_code}"
-
-
-def wait_healthy(service, host, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        ok, seen = probe(service, host)
-        if ok:
-            return
-        if time.monotonic() >= deadline:
-            raise HealthGateFailed(f"health check {probe_url(service, host)} failed: {seen} "
-                                   f"after {timeout:g}s", host=host.name)
-        time.sleep(service.health.interval)
 
 
 @dataclass
@@ -99,7 +67,8 @@ class Rollout:
         self.report.event(kind, message, service=self.service.name, **fields)
 
     # -- the deploy ----------------------------------------------------------
-    def run(self) -> dict:
+    def _resolve(self) -> ServiceRepo:
+        """Update the controller's mirror and pin `ref` to a commit and a release name."""
         svc = self.service
         repo = ServiceRepo(svc).update()
         commit = repo.resolve(self.ref)
@@ -107,23 +76,57 @@ class Rollout:
         self.release = releases.release_name(commit)
         self.record.update(ref=self.ref or svc.branch, commit=commit, release=self.release,
                            subject=repo.subject(commit))
+        return repo
+
+    def plan(self) -> plan_mod.Plan:
+        """The dry run: what a deploy of `ref` would do, from the hosts' live state.
+        Reads the repo and the hosts; changes nothing."""
+        repo = self._resolve()
+        with Fleet(self.config, self.hosts) as fleet:
+            self.fleet = fleet
+            self._inspect()
+        return self._plan(repo)
+
+    def run(self) -> dict:
+        svc = self.service
+        repo = self._resolve()
+        commit = self.commit
         self.publishes = set(self.hosts) == set(svc.hosts)
         if self.publishes:
             repo.check_fast_forward(commit, force=self.force)
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
                          f"{self.release} to {', '.join(self.hosts)}",
                  commit=commit, release=self.release, hosts=self.hosts)
-        with Fleet(self.config, self.hosts) as fleet:
+        with signals.terminating(), Fleet(self.config, self.hosts) as fleet:
             self.fleet = fleet
-            lock = lock_mod.FleetLock(fleet, svc, self.action, wait=self.session.lock_wait)
-            lock.acquire()
+            self.lock = lock = lock_mod.FleetLock(fleet, svc, self.action,
+                                                  wait=self.session.lock_wait, say=self.say)
             self.record["user"] = lock.owner["user"]
             self.record["job"] = lock.owner["job"]
             try:
+                lock.acquire()
+            except LockedError:
+                raise  # another deploy's business: not ours to record
+            except DeployError as e:  # a host is down: say so in the others' history
+                self.record.update(outcome="failed", failed_step="lock", error=str(e),
+                                   duration=round(time.monotonic() - self.started, 2))
+                self._write_history()
+                raise
+            if lock.taken_over:  # the fleet a dead deploy left may be mixed: keep its story
+                self.record["took_over_lock"] = lock.taken_over
+            try:
                 outcome = self._locked(repo)
+            except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP outside a wave
+                self.record.setdefault("outcome", "failed")
+                self.record["error"] = _interrupted(e)
+                if any(run.activated for run in self.runs.values()):
+                    raise  # after the last wave: live; nothing to undo
+                raise StagingFailed(f"{_interrupted(e)} before any host was switched; no host "
+                                    "changed (a half-staged release is removed by its own "
+                                    "script, or at the next prune).") from None
             except BaseException as e:
                 self.record.setdefault("outcome", "failed")
-                self.record["error"] = str(e) or "interrupted (Ctrl-C)"
+                self.record["error"] = str(e)
                 raise
             finally:
                 self.record["duration"] = round(time.monotonic() - self.started, 2)
@@ -135,19 +138,20 @@ class Rollout:
         svc = self.service
         self._inspect()
         self._refuse_rejected()
-        self.plan = self._plan(repo)
+        self.planned = self._plan(repo)
         self._stage()
         self._migrate()
-        waves = self.plan.waves
+        waves = self.planned.waves
         self.record["waves"] = waves
         for i, wave in enumerate(waves, 1):
             self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i, hosts=wave)
+            self.lock.note(wave=i, release=self.release)
             t0 = time.monotonic()
             try:
                 self._activate(wave)
                 self._gate(i, waves)
             except (DeployError, KeyboardInterrupt) as e:
-                reason = str(e) if isinstance(e, DeployError) else "interrupted (Ctrl-C)"
+                reason = str(e) if isinstance(e, DeployError) else _interrupted(e)
                 self.record["outcome"] = "rolled_back"
                 self.record["failed_wave"] = i
                 self._roll_back_all(reason=reason)
@@ -158,15 +162,33 @@ class Rollout:
         self._prune()
         tag = None
         if self.publishes:
-            tag = repo.publish(self.commit, force=self.force,
-                               message=f"{svc.name} {self.release} by {self.record.get('user')}")
-            self.record["tag"] = tag
-            self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)
+            tag = self._publish(repo)
         self.record["outcome"] = "success"
         self.say("done", f"{svc.name} {self.release} is live on {', '.join(self.hosts)} "
                          f"({time.monotonic() - self.started:.1f}s)", release=self.release,
                  commit=self.commit, tag=tag)
         return self.record
+
+    def _publish(self, repo) -> str:
+        """Move the production branch and push the date tag. Every host already
+        serves the release, so a failure here is not a failed deploy: it is said
+        as what it is, with the command that finishes the job."""
+        svc = self.service
+        try:
+            tag = repo.publish(self.commit, force=self.force,
+                               message=f"{svc.name} {self.release} by {self.record.get('user')}")
+        except (DeployError, KeyboardInterrupt) as e:
+            self.record["outcome"] = "live_unpublished"
+            why = e.message if isinstance(e, DeployError) else _interrupted(e)
+            raise PublishFailed(
+                f"{self.release} is live on every host ({', '.join(self.hosts)}), but "
+                f"{svc.production_branch} and its date tag were not moved: {why}. Fix the "
+                f"cause, then deploy the same commit again to record it: "
+                f"fab deploy:{svc.name},ref={self.commit} (its virtualenv is reused)."
+            ) from None
+        self.record["tag"] = tag
+        self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)
+        return tag
 
     def _inspect(self) -> None:
         states = inspect_all(self.service, self.fleet)
@@ -205,7 +227,7 @@ class Rollout:
             return
         first = self.fleet[self.hosts[0]]
         d = self.dir(first)
-        if self.plan.runs("migrate"):
+        if self.planned.runs("migrate"):
             t0 = time.monotonic()
             try:
                 r = first.run(releases.migrate_script(svc, d, self.release),
@@ -253,8 +275,8 @@ class Rollout:
             t0 = time.monotonic()
             r = t.run(releases.stage_script(
                 svc, t.host, self.dir(t), self.release, self.commit, manifest,
-                static="run" if self.plan.runs("collectstatic") else "reuse",
-                build="run" if self.plan.runs("build") else "reuse"),
+                static="run" if self.planned.runs("collectstatic") else "reuse",
+                build="run" if self.planned.runs("build") else "reuse"),
                       what=f"staging {self.release}")
             f = facts(r.stdout)
             run = self.runs[t.name]
@@ -278,7 +300,7 @@ class Rollout:
             self.record["failed_step"] = "stage"
             raise StagingFailed(
                 f"staging {self.release} ({self.commit[:7]}) failed; no host was switched:\n"
-                + _errors_text(errors))
+                + errors_text(errors))
 
     def _activate(self, wave: list[str]) -> None:
         svc = self.service
@@ -286,16 +308,18 @@ class Rollout:
         def activate(t):
             run = self.runs[t.name]
             run.activated = True  # from here on, `current` may have moved
-            r = t.run(releases.activate_script(svc, self.dir(t), self.release),
-                      what=f"activating {self.release}")
-            mode = facts(r.stdout).get("mode", "?")
+            try:
+                mode = releases.switch(svc, t, self.release)
+            except ConnectionFailed as e:
+                run.activated = e.delivered  # never sent: the host is as it was
+                raise
+            releases.wait_ready(svc, t, self.release)
             run.steps.append(f"activate_{mode}")
-            self._wait_ready(t, self.release)
             self.say("activated", f"  {t.name}: serving {self.release} ({mode})", host=t.name,
                      mode=mode)
         _, errors = self.parallel([self.fleet[h] for h in wave], activate)
         if errors:
-            raise DeployError(_errors_text(errors))
+            raise DeployError(errors_text(errors))
 
     def _gate(self, i: int, waves: list[list[str]]) -> None:
         new = [h for w in waves[:i] for h in w]
@@ -312,12 +336,6 @@ class Rollout:
         if verdict.outcome == "fail":
             raise HealthGateFailed(f"error-rate gate after wave {i} failed: {verdict.reason}")
 
-    def _wait_ready(self, t: Target, release: str) -> None:
-        timeout = self.service.health.timeout + self.service.graceful_timeout
-        t.run(releases.wait_ready_script(self.service, self.dir(t), release, timeout),
-              what="waiting for the new processes")
-        wait_healthy(self.service, t.host, self.service.health.timeout)
-
     def _roll_back_all(self, reason: str) -> None:
         """Return every activated host to its previous release, in reverse wave order."""
         touched = [h for h in reversed(self.hosts) if self.runs[h].activated]
@@ -327,7 +345,7 @@ class Rollout:
         for name in touched:
             t = self.fleet[name]
             try:
-                restore(self.service, t, self.runs[name].previous)
+                releases.restore(self.service, t, self.runs[name].previous)
                 t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
                 self.say("restored", f"  {name}: back on {self.runs[name].previous or 'nothing'}",
                          host=name)
@@ -336,13 +354,17 @@ class Rollout:
         for name in self.hosts:
             if not self.runs[name].activated:
                 t = self.fleet[name]
-                t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
+                try:  # best effort: the mark only spares a later deploy the same gate
+                    t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
+                except DeployError as e:
+                    self.say("warning", f"  {name}: could not mark {self.release} rejected: "
+                                        f"{e.message}", host=name)
         self.record["rolled_back"] = touched
         if failed:
             self.record["outcome"] = "unrestored"
             raise RestoreFailed(
                 f"the deploy failed ({reason.splitlines()[0]}) and these hosts could not be "
-                f"restored; a human must look:\n{_errors_text(failed)}")
+                f"restored; a human must look:\n{errors_text(failed)}")
 
     def _prune(self) -> None:
         def prune(t):
@@ -367,26 +389,5 @@ class Rollout:
         self.parallel(self.fleet, write)
 
 
-def inspect_all(service, fleet) -> dict:
-    """Every host's state of `service` (read only); any unreachable host is an error."""
-    def inspect(t):
-        r = t.run(releases.inspect_script(service, service.dir_on(t.host)), what="inspecting")
-        return releases.parse_inspect(r.stdout, service.name)
-    states, errors = each(fleet, inspect, parallel=service.parallel)
-    if errors:
-        raise DeployError("could not reach every host; nothing was changed:\n" + _errors_text(errors))
-    return states
-
-
-def restore(service, t: Target, release: str | None) -> None:
-    """Put `release` back live on one host and verify it serves (None: stop the service)."""
-    dir = service.dir_on(t.host)
-    if release is None:
-        from .supervisor import ctl
-        t.run(f"cd {q(dir)}\n{ctl(dir)} stop {q(service.name)} >/dev/null 2>&1 || true\n"
-              "rm -f current\n", what="removing a first release")
-        return
-    t.run(releases.activate_script(service, dir, release), what=f"restoring {release}")
-    timeout = service.health.timeout + service.graceful_timeout
-    t.run(releases.wait_ready_script(service, dir, release, timeout), what="waiting for processes")
-    wait_healthy(service, t.host, service.health.timeout)
+def _interrupted(e: BaseException) -> str:
+    return str(e) if str(e) else "interrupted (Ctrl-C)"

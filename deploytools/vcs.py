@@ -8,9 +8,11 @@ release history is readable with plain git (`git log production`,
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import re
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,8 +47,6 @@ def _fallback_identity(repo: git.Repo) -> dict[str, str]:
         repo.git.var("GIT_COMMITTER_IDENT")
         return {}
     except git.GitCommandError:
-        import getpass
-        import socket
         who = os.environ.get("DEPLOYTOOLS_USER") or getpass.getuser()
         return {"GIT_COMMITTER_NAME": who, "GIT_COMMITTER_EMAIL": f"{who}@{socket.gethostname()}"}
 

@@ -1,13 +1,8 @@
 """Shared fixtures: the SSH test fleet and the wheel cache (see tests/fleet.py)."""
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import fleet as fleet_mod  # noqa: E402  (tests/fleet.py)
+import fleet as fleet_mod  # tests/fleet.py
 
 
 @pytest.fixture(scope="session")

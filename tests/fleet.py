@@ -155,6 +155,14 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _all_pids() -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit()]
 
@@ -555,6 +563,62 @@ class Fleet:
                        allow_agent=False, timeout=timeout, banner_timeout=timeout,
                        auth_timeout=timeout)
         return client
+
+    # -- faults ---------------------------------------------------------------------
+
+    def sshd_pids(self, host: Union[str, FleetHost], *, sessions_only: bool = False
+                  ) -> list[int]:
+        """The host's sshd processes: its listener and one per open session (with
+        sessions_only, the sessions: what a deploy's connection goes through)."""
+        h = self.host(host)
+        pids = [p for p in pids_in_namespace(h.mnt_ns or "")
+                if _comm(p) == "sshd"] if h.mnt_ns else []
+        if sessions_only:
+            pids = [p for p in pids if p != h.sshd_pid]
+        return pids
+
+    def kill_sshd(self, host: Union[str, FleetHost]) -> None:
+        """The host stops answering SSH: its listener and every session die at once
+        (what it runs, supervisord and the service, goes on)."""
+        h = self.host(host)
+        for pid in self.sshd_pids(h):
+            _signal(pid, signal.SIGKILL)
+        proc = self._procs.get(h.name)
+        if proc is not None:
+            proc.wait(10)
+
+    def restart_sshd(self, host: Union[str, FleetHost]) -> None:
+        """Start the host's sshd again, in the host's own namespaces (the processes
+        still running there keep them alive), and wait until it takes logins."""
+        h = self.host(host)
+        anchor = next(iter(pids_in_namespace(h.mnt_ns or "")), None) if h.mnt_ns else None
+        if anchor is None:
+            self._spawn(h)
+        else:
+            out = open(h.hostdir / "spawn.log", "ab")
+            try:
+                proc = subprocess.Popen(
+                    ["nsenter", "-t", str(anchor), "-m", "-u", SSHD, "-D",
+                     "-f", str(h.sshd_config), "-E", str(h.sshd_log)],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, cwd="/")
+            finally:
+                out.close()
+            self._procs[h.name] = proc
+            h.sshd_pid = proc.pid
+        self._wait_ready(h)
+
+    def freeze_sessions(self, host: Union[str, FleetHost]) -> list[int]:
+        """SIGSTOP the host's open SSH sessions: a host that stops answering without
+        closing its connections (a hung kernel, a saturated link). Returns the pids."""
+        pids = self.sshd_pids(host, sessions_only=True)
+        for pid in pids:
+            _signal(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
 
     # -- internals -----------------------------------------------------------------
 

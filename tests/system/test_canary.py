@@ -15,11 +15,9 @@ with 1% errors and a canary with the same 1% (passes).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,24 +28,12 @@ import yaml
 pytestmark = pytest.mark.system
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/: loadgen
-sys.path.insert(0, str(HERE.parents[1] / "examples"))
-
-import build_repos  # noqa: E402
-from build_repos import Sub  # noqa: E402
-from loadgen import LoadGen  # noqa: E402
+import build_repos
+import sysenv as shared
+from build_repos import Sub
+from loadgen import LoadGen
 
 
-def _system_conftest():
-    """tests/system/conftest.py as a module (Env, services_yaml), whatever pytest named it."""
-    spec = importlib.util.spec_from_file_location("_canary_system_conftest", HERE / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-shared = _system_conftest()
 
 HOSTS = ["web-0", "web-1", "web-2", "web-3"]
 SVC = "canary"

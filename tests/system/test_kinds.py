@@ -10,11 +10,9 @@ The tests run in file order and build on each other.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,23 +23,11 @@ import yaml
 pytestmark = pytest.mark.system
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/: loadgen
-sys.path.insert(0, str(HERE.parents[1] / "examples"))
-
-import build_repos  # noqa: E402
-from loadgen import LoadGen  # noqa: E402
+import build_repos
+import sysenv as shared
+from loadgen import LoadGen
 
 
-def _system_conftest():
-    """tests/system/conftest.py as a module (Env, services_yaml), whatever pytest named it."""
-    spec = importlib.util.spec_from_file_location("_kinds_system_conftest", HERE / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-shared = _system_conftest()
 
 HOSTS = ["web-0", "web-1", "web-2", "web-3"]
 PORTS = {"harbor": 8300, "dory": 8301}

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +20,8 @@ import pytest
 import requests
 import yaml
 
-import build_repos  # examples/, put on sys.path by tests/system/conftest.py
+import build_repos
+from sysenv import Running
 
 pytestmark = pytest.mark.system
 
@@ -101,56 +100,6 @@ class Ops:
 
     def sha(self, label: str) -> str:
         return self.sample.resolve(label)
-
-
-class Running:
-    """A fab subprocess whose stdout lines are collected (with arrival times) as they come."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
-        self.pid = proc.pid
-        self.lines: "queue.Queue[tuple[float, str]]" = queue.Queue()
-        self.seen: list[tuple[float, str]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in iter(self.proc.stdout.readline, ""):
-            self.lines.put((time.monotonic(), line.rstrip("\n")))
-
-    def wait_for(self, predicate, timeout: float) -> tuple[float, str]:
-        """The first line (from now on, or already seen) matching predicate."""
-        for item in self.seen:
-            if predicate(item[1]):
-                return item
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                item = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                code = self.proc.poll()
-                err = self.proc.stderr.read() if code is not None else ""
-                raise AssertionError(f"no matching line after {timeout}s; got:\n"
-                                     + "\n".join(x[1] for x in self.seen)
-                                     + f"\n--- exit {code}\n{err}") from None
-            self.seen.append(item)
-            if predicate(item[1]):
-                return item
-
-    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        stderr = self.proc.stderr.read()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-        return code, "\n".join(x[1] for x in self.seen), stderr
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -323,44 +272,94 @@ def test_two_deploys_at_once_exactly_one_runs(ops):
         assert [(r["user"], r["outcome"]) for r in new] == [(winner, "success")]
 
 
-def test_killed_deploy_leaves_a_stale_lock_that_unlock_clears(ops):
+def test_killed_deploy_lock_is_taken_over_loudly_and_recorded(ops):
     victim = ops.spawn(f"deploy:{SVC},ref=v3")
     try:
         victim.wait_for(lambda x: x.startswith("wave 1/"), timeout=240)
+        time.sleep(0.5)  # let it note the wave in the lock
         os.kill(victim.pid, signal.SIGKILL)
         victim.finish(timeout=10)
     finally:
         victim.kill()
     assert all(ops.locks().values())
-    r = ops.fab(f"deploy:{SVC},ref=v3", check=False, timeout=120)
-    assert r.returncode == 4, r.stderr
-    assert "stale" in r.stderr and f"process {victim.pid}" in r.stderr, r.stderr
-    assert f"fab unlock:{SVC}" in r.stderr
-    assert all(ops.locks().values())  # reported, not silently broken
-    out = ops.fab(f"unlock:{SVC}")
-    assert "lock removed" in out.stdout
+    assert all(json.loads((ops.srv(h) / ".lock").read_text())["wave"] == 1 for h in HOSTS)
+    r = ops.fab(f"deploy:{SVC},ref=v3", timeout=300)
+    assert "WARNING: taking over the lock of a dead deploy" in r.stdout, r.stdout
+    assert f"process {victim.pid}" in r.stdout and "reached wave 1" in r.stdout, r.stdout
     assert not any(ops.locks().values())
-    ops.fab(f"deploy:{SVC},ref=v3")
     assert ops.revisions() == {h: ops.sha("v3") for h in HOSTS}
+    for h in HOSTS:
+        rec = ops.history(h)[-1]
+        assert rec["outcome"] == "success"
+        assert [x["pid"] for x in rec["took_over_lock"]] == [victim.pid]
 
 
-def test_ctrl_c_releases_the_lock(ops):
+def test_unlock_refuses_a_live_lock_without_force(ops):
+    holder = {"id": "livelock0001", "user": "mallory", "action": "deploy",
+              "controller": "elsewhere", "machine": "another-machine", "pid": 4242,
+              "heartbeat": 5, "started": "2026-11-29T00:00:00+00:00"}
+    for h in HOSTS:
+        (ops.srv(h) / ".lock").write_text(json.dumps(holder) + "\n")
+    try:
+        r = ops.fab(f"unlock:{SVC}", check=False)
+        assert r.returncode == 4, r.stderr
+        assert "still running" in r.stderr and "mallory" in r.stderr, r.stderr
+        assert f"fab unlock:{SVC},force=true" in r.stderr and "Traceback" not in r.stderr
+        assert all(ops.locks().values())  # refused: nothing removed
+        out = ops.fab(f"unlock:{SVC},force=true")
+        assert "lock removed" in out.stdout and "mallory" in out.stdout
+    finally:
+        for h in HOSTS:
+            (ops.srv(h) / ".lock").unlink(missing_ok=True)
+    assert not any(ops.locks().values())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_while_staging_releases_the_lock(ops, sig):
     live = {h: ops.current(h) for h in HOSTS}
     run = ops.spawn(f"deploy:{SVC},ref=v4")
     try:
         run.wait_for(lambda x: x.startswith("staging "), timeout=120)
-        run.proc.send_signal(signal.SIGINT)
+        run.proc.send_signal(sig)
         code, out, err = run.finish(timeout=120)
     finally:
         run.kill()
-    assert code == 130, (out, err)
-    assert "interrupted" in err and "Traceback" not in err, err
+    name = signal.Signals(sig).name
+    assert code == 1, (out, err)
+    assert f"interrupted by {name} before any host was switched" in err, err
+    assert "Traceback" not in err, err
     assert not any(ops.locks().values())
     assert {h: ops.current(h) for h in HOSTS} == live  # stopped before any switch
     for h in HOSTS:
         rec = ops.history(h)[-1]
         assert (rec["outcome"], rec["commit"], rec["error"]) == (
-            "failed", ops.sha("v4"), "interrupted (Ctrl-C)")
+            "failed", ops.sha("v4"), f"interrupted by {name}")
+
+
+def test_sigterm_mid_wave_rolls_back_every_touched_host(ops):
+    """A CI runner cancelling the job: SIGTERM in wave 2, and a second one during the
+    rollback, which must still finish, write the history and release the lock."""
+    live = {h: ops.current(h) for h in HOSTS}
+    serving = ops.revisions()
+    assert None not in serving.values() and ops.sha("v4") not in serving.values()
+    run = ops.spawn(f"deploy:{SVC},ref=v4")
+    try:
+        run.wait_for(lambda x: x.startswith("wave 2/"), timeout=240)
+        run.proc.send_signal(signal.SIGTERM)
+        run.wait_for(lambda x: x.startswith("rolling back"), timeout=60)
+        run.proc.send_signal(signal.SIGTERM)
+        code, out, err = run.finish(timeout=240)
+    finally:
+        run.kill()
+    assert code == 1, (out, err)
+    assert "every host this deploy touched was rolled back" in err, err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err, err
+    assert {h: ops.current(h) for h in HOSTS} == live
+    assert ops.revisions() == serving
+    assert not any(ops.locks().values())
+    for h in HOSTS:
+        rec = ops.history(h)[-1]
+        assert (rec["outcome"], rec["failed_wave"]) == ("rolled_back", 2), rec
 
 
 # --- history and status agree with the hosts ------------------------------------

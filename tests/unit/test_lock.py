@@ -99,49 +99,93 @@ def test_heartbeat_touches_every_lock_file(setup, monkeypatch):
     assert not lock_file(tmp, "h0").exists()
 
 
-def test_lock_of_a_dead_process_is_stale(setup):
+def _plant(tmp, holder, hosts=("h0", "h1")):
+    for h in hosts:
+        lock_file(tmp, h).parent.mkdir(parents=True, exist_ok=True)
+        lock_file(tmp, h).write_text(json.dumps(holder) + "\n")
+
+
+def test_lock_of_a_dead_process_here_is_taken_over_loudly(setup):
     service, fleet, tmp = setup
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     holder = FleetLock(fleet, service, "deploy").owner
-    holder.update(pid=dead.pid, proc_start=None, user="carol")
-    for h in ("h0", "h1"):
-        lock_file(tmp, h).parent.mkdir(parents=True)
-        lock_file(tmp, h).write_text(json.dumps(holder) + "\n")
-    with pytest.raises(LockedError) as e:
-        FleetLock(fleet, service, "deploy", wait=30).acquire()  # no waiting for the dead
-    msg = str(e.value)
-    assert "stale" in msg and f"process {dead.pid}" in msg and "fab unlock:svc" in msg
-    assert "carol" in msg
+    holder.update(pid=dead.pid, proc_start=None, user="carol", wave=2)
+    _plant(tmp, holder)
+    said = []
+    lock = FleetLock(fleet, service, "deploy", wait=30,
+                     say=lambda kind, message, **f: said.append((kind, message)))
+    lock.acquire()  # no waiting for the dead, and no silent takeover either
+    try:
+        assert [k for k, _ in said] == ["lock_takeover"]
+        msg = said[0][1]
+        assert f"process {dead.pid}" in msg and "carol" in msg and "wave 2" in msg
+        assert "mixed" in msg
+        assert [h["id"] for h in lock.taken_over] == [holder["id"]]
+        for h in ("h0", "h1"):
+            assert json.loads(lock_file(tmp, h).read_text())["id"] == lock.owner["id"]
+    finally:
+        lock.release()
 
 
-def test_lock_with_an_old_heartbeat_from_elsewhere_is_stale(setup):
+def test_same_hostname_elsewhere_is_judged_by_heartbeat_not_pid(setup):
+    """Two CI runners both called `runner`: a pid from the other one means nothing here."""
     service, fleet, tmp = setup
-    holder = dict(FleetLock(fleet, service, "deploy").owner, controller="elsewhere", heartbeat=5)
-    path = lock_file(tmp, "h0")
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(holder) + "\n")
+    holder = dict(FleetLock(fleet, service, "deploy").owner, pid=999999, machine="other-boot/ns")
+    _plant(tmp, holder, hosts=("h0",))
     with pytest.raises(LockedError) as e:
         FleetLock(fleet, service, "deploy").acquire()
     assert "stale" not in str(e.value)  # fresh heartbeat: a live deploy elsewhere
-    os.utime(path, (time.time() - 60, time.time() - 60))
+    assert "unlock:svc,force=true" in str(e.value)
+    os.utime(lock_file(tmp, "h0"), (time.time() - 60, time.time() - 60))
+    lock = FleetLock(fleet, service, "deploy")
+    lock.acquire()
+    try:
+        assert lock.taken_over[0]["stale"] == "no heartbeat for 60s (it beats every 5s)"
+    finally:
+        lock.release()
+
+
+def test_unreadable_stale_lock_is_refused_not_taken(setup):
+    service, fleet, tmp = setup
+    path = lock_file(tmp, "h0")
+    path.parent.mkdir(parents=True)
+    path.write_text("garbage\n")
+    os.utime(path, (time.time() - 300, time.time() - 300))
     with pytest.raises(LockedError) as e:
         FleetLock(fleet, service, "deploy").acquire()
-    assert "stale" in str(e.value) and "no heartbeat for 60s" in str(e.value)
+    assert "stale" in str(e.value) and "fab unlock:svc" in str(e.value)
+    assert path.read_text() == "garbage\n"
+
+
+def test_note_records_progress_only_in_our_own_lock(setup):
+    service, fleet, tmp = setup
+    lock = FleetLock(fleet, service, "deploy")
+    lock.acquire()
+    try:
+        lock.note(wave=3)
+        assert json.loads(lock_file(tmp, "h1").read_text())["wave"] == 3
+    finally:
+        lock.release()
+    assert not lock_file(tmp, "h1").exists()  # a note never recreates a released lock
+    lock.note(wave=4)
+    assert not lock_file(tmp, "h1").exists()
 
 
 @pytest.mark.parametrize("holder, stale", [
-    ({"controller": "me", "pid": 1, "age": 100, "heartbeat": 5}, None),  # alive here: no matter the beat
-    ({"controller": "me", "pid": 99, "age": 1, "heartbeat": 5}, "its process 99 on me is gone"),
-    ({"controller": "other", "pid": 99, "age": 14, "heartbeat": 5}, None),  # can't see its pid
-    ({"controller": "other", "pid": 99, "age": 16, "heartbeat": 5},
+    ({"machine": "me", "pid": 1, "age": 100, "heartbeat": 5}, None),  # alive here: no matter the beat
+    ({"machine": "me", "pid": 99, "age": 1, "heartbeat": 5, "controller": "ci"},
+     "its process 99 on ci is gone"),
+    ({"machine": "other", "pid": 99, "age": 14, "heartbeat": 5}, None),  # can't see its pid
+    ({"machine": "other", "pid": 99, "age": 16, "heartbeat": 5},
      "no heartbeat for 16s (it beats every 5s)"),
-    ({"controller": "other", "pid": 99, "age": 4, "heartbeat": 1}, "no heartbeat for 4s (it beats every 1s)"),
+    ({"machine": "other", "pid": 99, "age": 4, "heartbeat": 1}, "no heartbeat for 4s (it beats every 1s)"),
+    ({"controller": "me", "pid": 99, "age": 1, "heartbeat": 5}, None),  # a hostname proves nothing
     ({"raw": "garbage", "age": 3}, None),
     ({"raw": "garbage", "age": 300}, "no heartbeat for 300s (it beats every 5s)"),
 ])
 def test_staleness(holder, stale):
-    assert staleness(holder, hostname="me", alive=lambda pid, start: pid == 1) == stale
+    assert staleness(holder, machine="me", alive=lambda pid, start: pid == 1) == stale
 
 
 def test_parse_holder():

@@ -10,7 +10,7 @@ from deploytools import config as config_mod
 from deploytools.errors import UsageError
 from deploytools.inventory import Fleet
 from deploytools.monitor import TailSplitter, _flag, log_paths, monitor, status_text, tail_script
-from deploytools.releases import HostState
+from deploytools.hoststate import HostState
 from deploytools.report import Reporter
 from deploytools.session import Session
 from deploytools.supervisor import ProcessStatus

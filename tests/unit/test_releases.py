@@ -1,8 +1,8 @@
 """Parsers of what the remote scripts print, and the scripts' quoting."""
-import shlex
 import subprocess
 
-from deploytools.releases import HostState, parse_inspect, previous_release, release_name
+from deploytools.hoststate import HostState, parse_inspect, previous_release
+from deploytools.releases import release_name
 from deploytools.script import facts, write_file
 from deploytools.supervisor import parse_status
 

@@ -20,6 +20,8 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
+import build_repos
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ALLOWED_REQUIREMENTS = {"Django", "gunicorn", "psycopg[binary]", "Flask", "six"}
 LABELS = {
@@ -32,15 +34,6 @@ TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3"}
 BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fails-to-start"}
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_repos", EXAMPLES / "build_repos.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-build_repos = _load_builder()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +101,7 @@ def test_branches_are_one_change_on_top_of_v2(repos):
     for name, repo in repos.items():
         for label in BRANCHES & set(repo.commits):
             assert git(repo.work, "rev-parse", f"{repo.commits[label]}^") == repo.commits["v2"]
-            assert f'VERSION = "2"' in show(repo, label, version_file(name))
+            assert 'VERSION = "2"' in show(repo, label, version_file(name))
     airship = repos["airship"]
     assert changed(airship, "v2", "broken-import") == {"airship/urls.py": "M"}
     assert changed(airship, "v2", "errors-20") == {"airship/views.py": "M"}

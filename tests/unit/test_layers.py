@@ -1,0 +1,81 @@
+"""The module map of docs/design.md holds: no import cycles inside deploytools, and no
+import of one of its modules hidden in a function to dodge one."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "deploytools"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        here = module.split(".") if is_package else module.split(".")[:-1]
+        here = here[:len(here) - (node.level - 1)]
+        base = ".".join(here + ([node.module] if node.module else []))
+    if not base.startswith("deploytools"):
+        return []
+    # `from . import gate` names a module; `from .errors import X` names its module.
+    return [f"{base}.{a.name}" for a in node.names] + [base]
+
+
+def _graph() -> tuple[dict[str, set[str]], list[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    hidden: list[str] = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        is_package = path.name == "__init__.py"
+        functions = [n for n in ast.walk(tree)
+                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        inner = {id(n) for f in functions for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                targets = _resolve(name, is_package, node)
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("deploytools")]
+            else:
+                continue
+            targets = [t for t in targets if t in modules and t != name]
+            if targets and id(node) in inner:
+                hidden.append(f"{name}:{node.lineno} imports {', '.join(sorted(set(targets)))}")
+            graph[name].update(targets)
+    return graph, hidden
+
+
+def test_no_module_imports_another_inside_a_function():
+    _, hidden = _graph()
+    assert hidden == []
+
+
+def test_no_import_cycles():
+    graph, _ = _graph()
+    # The package's own __init__ re-exports; edges into a package are edges to it.
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if nxt.startswith(node + "."):  # a package importing its own submodules
+                continue
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
