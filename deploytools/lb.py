@@ -1,0 +1,212 @@
+"""HAProxy in front of a service: take a host out of the pool around its restart.
+
+The runtime API is HAProxy's admin socket on the LB host, reached over SSH
+like any host (through the execution seam). Each command goes to the socket
+from a tiny Python program run on the LB host; the commands travel on its
+stdin, one per line, every value validated and quoted:
+
+    set server BACKEND/SERVER state drain|ready
+    show stat                 per-server CSV: status, current sessions, 5xx, errors
+
+`parse_stat` turns `show stat` into data and is tested on strings. Around a
+host's activation (`pool_guard`): drain, wait until its current sessions
+reach 0 (bounded by `drain_timeout`), activate, wait ready, then `ready`.
+A host whose activation or restore fails stays drained: it returns to the
+pool only once it serves a good release again.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .errors import DeployError
+from .inventory import target_for
+from .script import q
+
+# HAProxy proxy and server names: letters, digits, '-', '_', '.', ':'.
+NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+NAME_RULE = "letters, digits, '-', '_', '.' and ':'"
+
+# Runs on the LB host: one command per stdin line, each on its own connection
+# (HAProxy's non-interactive mode answers one command and closes), each answer
+# followed by a `@@end` line.
+_CLIENT = (
+    "import socket,sys\n"
+    "for cmd in sys.stdin.read().splitlines():\n"
+    "    s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"
+    "    s.sendall(cmd.encode()+b'\\n'); out=b''\n"
+    "    while True:\n"
+    "        b=s.recv(65536)\n"
+    "        if not b: break\n"
+    "        out+=b\n"
+    "    s.close(); sys.stdout.write(out.decode('utf-8','replace')+'\\n@@end\\n')\n"
+)
+
+
+class LBError(DeployError):
+    """The load balancer could not be driven (socket, command, drain timeout)."""
+
+
+def check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise LBError(f"invalid HAProxy {what} {value!r}: use {NAME_RULE}.")
+    return value
+
+
+def command_script(socket_path: str, commands: list[str]) -> str:
+    """Bash: send `commands` to the admin socket; prints each answer then `@@end`."""
+    for c in commands:
+        if "\n" in c or "\r" in c:
+            raise LBError(f"an HAProxy command is one line: {c!r}")
+    body = "\n".join(commands) + "\n"
+    return (f"if [ ! -S {q(socket_path)} ]; then echo {q(f'no HAProxy admin socket at {socket_path}')} >&2; exit 1; fi\n"
+            f"printf %s {q(body)} | python3 -c {q(_CLIENT)} {q(socket_path)}\n")
+
+
+def split_answers(stdout: str) -> list[str]:
+    answers, cur = [], []
+    for line in stdout.splitlines():
+        if line == "@@end":
+            answers.append("\n".join(cur).strip())
+            cur = []
+        else:
+            cur.append(line)
+    return answers
+
+
+def parse_stat(text: str) -> dict[tuple[str, str], dict[str, str]]:
+    """`show stat` CSV -> {(proxy, server): {column: value}}."""
+    text = text.strip()
+    if text.startswith("# "):
+        text = text[2:]
+    rows = csv.DictReader(io.StringIO(text))
+    return {(r["pxname"], r["svname"]): {k: v for k, v in r.items() if k} for r in rows
+            if r.get("pxname") and r.get("svname")}
+
+
+def _int(v: str | None) -> int:
+    try:
+        return int(v or 0)
+    except ValueError:
+        return 0
+
+
+def errors_of(row: dict[str, str]) -> dict[str, int]:
+    """The counters that mean a failed request: answers 5xx, connection and response errors."""
+    return {"hrsp_5xx": _int(row.get("hrsp_5xx")), "econ": _int(row.get("econ")),
+            "eresp": _int(row.get("eresp")), "requests": _int(row.get("stot"))}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A service's `lb:` block (see config)."""
+    host: str
+    socket: str
+    backend: str
+    server: str = "{host}"  # the HAProxy server name of a host; {host} is its name
+    drain_timeout: float = 30.0
+
+
+def server_name(settings, host: str) -> str:
+    return check_name(settings.server.replace("{host}", host), "server name")
+
+
+class Balancer:
+    """One HAProxy, driven through `target` (the LB host)."""
+
+    def __init__(self, settings, target):
+        self.settings = settings
+        self.target = target
+        self.backend = check_name(settings.backend, "backend name")
+        self._lock = threading.Lock()  # one command at a time on the LB host's connection
+
+    def run(self, *commands: str) -> list[str]:
+        with self._lock:
+            r = self.target.run(command_script(self.settings.socket, list(commands)),
+                                what="talking to HAProxy")
+        answers = split_answers(r.stdout)
+        for c, a in zip(commands, answers):
+            if c.startswith("set ") and a:  # a set command answers nothing when it worked
+                raise LBError(f"HAProxy on {self.target.name} refused `{c}`: {a}")
+        return answers
+
+    def set_state(self, host: str, state: str) -> None:
+        if state not in ("ready", "drain", "maint"):
+            raise LBError(f"unknown server state {state!r}")
+        self.run(f"set server {self.backend}/{server_name(self.settings, host)} state {state}")
+
+    def stats(self) -> dict[tuple[str, str], dict[str, str]]:
+        return parse_stat(self.run("show stat")[0])
+
+    def server_row(self, host: str) -> dict[str, str]:
+        row = self.stats().get((self.backend, server_name(self.settings, host)))
+        if row is None:
+            raise LBError(f"HAProxy on {self.target.name} has no server "
+                          f"{self.backend}/{server_name(self.settings, host)}: check lb.backend "
+                          f"and lb.server in services.yaml")
+        return row
+
+    def states(self, hosts: list[str]) -> dict[str, str]:
+        """Each host's server status as HAProxy shows it (UP, DRAIN, MAINT, DOWN...)."""
+        rows = self.stats()
+        return {h: rows.get((self.backend, server_name(self.settings, h)), {}).get("status", "?")
+                for h in hosts}
+
+    def drain(self, host: str) -> int:
+        """Set `host` to drain and wait until its current sessions reach 0 (bounded).
+        Returns the sessions still open when the wait ended."""
+        self.set_state(host, "drain")
+        deadline = time.monotonic() + float(self.settings.drain_timeout)
+        while True:
+            scur = _int(self.server_row(host).get("scur"))
+            if scur == 0 or time.monotonic() >= deadline:
+                return scur
+            time.sleep(0.2)
+
+    def ready(self, host: str) -> None:
+        self.set_state(host, "ready")
+
+    def counters(self, hosts: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """Per-host error counters of the backend (and `BACKEND` for the backend itself)."""
+        rows = self.stats()
+        out = {"BACKEND": errors_of(rows.get((self.backend, "BACKEND"), {}))}
+        for h in hosts or []:
+            out[h] = errors_of(rows.get((self.backend, server_name(self.settings, h)), {}))
+        return out
+
+
+def balancer(service, config) -> Balancer | None:
+    """The service's Balancer, or None without an `lb:` block."""
+    settings = getattr(service, "lb", None)
+    if not settings:
+        return None
+    if settings.host not in config.hosts:
+        raise LBError(f"lb.host {settings.host!r} of {service.name} is not in hosts:")
+    return Balancer(settings, target_for(config.hosts[settings.host], config.ssh))
+
+
+@contextmanager
+def out_of_pool(lb: Balancer | None, host: str, say=None):
+    """Drain `host` for the block; back to `ready` only when the block succeeded.
+    Hosts are taken out one at a time, so the rest of the pool keeps serving."""
+    if lb is None:
+        yield
+        return
+    with _SERIAL:
+        left = lb.drain(host)
+        if say:
+            say("lb", f"  {host}: drained on {lb.target.name}"
+                      + (f" ({left} sessions still open after {lb.settings.drain_timeout:g}s)"
+                         if left else ""), host=host, sessions=left)
+        yield  # an exception leaves the host drained: it is not serving a good release
+        lb.ready(host)
+        if say:
+            say("lb", f"  {host}: back in the pool", host=host)
+
+
+_SERIAL = threading.Lock()
