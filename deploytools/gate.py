@@ -28,12 +28,6 @@ from .inventory import each
 from .script import q
 
 
-def settings_for(service) -> health.GateSettings:
-    names = {f.name for f in dataclasses.fields(health.GateSettings)}
-    values = {k: v for k, v in dataclasses.asdict(service.gate).items() if k in names}
-    return health.GateSettings(**values)
-
-
 class Prober:
     """Probes every host's health URL at a fixed interval in background threads."""
 
@@ -139,7 +133,7 @@ def bake(fleet, service, new: list[str], old: list[str], say) -> health.Verdict:
     only at the end. An inconclusive end extends the bake up to
     `max_extensions` times, then resolves by `on_inconclusive`.
     """
-    settings = settings_for(service)
+    settings = service.gate
     hosts = {n: fleet[n].host for n in new + old}
     prober = Prober(service, hosts, settings.probe_interval).start()
     try:

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Optional
 
+from .config import Gate
+
 # --- exact binomial helpers -------------------------------------------------
 
 
@@ -123,54 +125,7 @@ def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
     return lo, hi
 
 
-# --- settings, counts, verdicts ---------------------------------------------
-
-INCONCLUSIVE_ACTIONS = ("rollback", "proceed")
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    """Every number of the canary gate; services.yaml `gate:` keys map onto these one-to-one."""
-
-    warmup: float = 5.0  # seconds after activation not counted: caches, JIT, first connections
-    bake: float = 30.0  # seconds of traffic that are judged, after the warm-up
-    max_error_rate: float = 0.05  # C: the ceiling, whatever the baseline does
-    ratio: float = 1.5  # r: the canary may be this many times worse than the baseline
-    alpha_interim: float = 0.001  # stricter while baking: we look many times
-    alpha_final: float = 0.01
-    min_diff: float = 0.001  # 0.1 percentage points: smaller differences do not matter
-    ceiling_confidence: float = 0.99
-    pass_confidence: float = 0.95
-    # 100 because the tool's own probes (every 0.2 s over a 25-30 s window)
-    # reach it on an idle service, and with 0 errors in 100 requests the 95%
-    # upper bound is 3.6%: enough to tell a working release from the 5% ceiling.
-    # Fewer requests than this prove nothing, whatever the bounds say.
-    min_requests: int = 100
-    max_extensions: int = 2  # the bake may last up to 3x before on_inconclusive applies
-    on_inconclusive: str = "rollback"  # "rollback" | "proceed": unattended deploys play safe
-    probe_interval: float = 0.2  # seconds between the tool's own probes of each new host
-
-    def __post_init__(self):
-        def check(name: str, ok: bool, what: str):
-            if not ok:
-                raise ValueError(f"gate setting {name}={getattr(self, name)!r}: {what}")
-
-        check("warmup", self.warmup >= 0, "must be 0 or more seconds")
-        check("bake", self.bake > 0, "must be more than 0 seconds")
-        check("max_error_rate", 0 < self.max_error_rate <= 1,
-              "must be a rate above 0 and at most 1")
-        check("ratio", self.ratio >= 1, "must be 1 or more (how many times worse is tolerated)")
-        for name in ("alpha_interim", "alpha_final", "ceiling_confidence", "pass_confidence"):
-            check(name, 0 < getattr(self, name) < 1, "must be between 0 and 1")
-        check("min_diff", 0 <= self.min_diff < 1, "must be a rate from 0 to below 1")
-        check("min_requests", isinstance(self.min_requests, int) and self.min_requests >= 1,
-              "must be a whole number of requests, at least 1")
-        check("max_extensions", isinstance(self.max_extensions, int) and self.max_extensions >= 0,
-              "must be a whole number, 0 or more")
-        check("on_inconclusive", self.on_inconclusive in INCONCLUSIVE_ACTIONS,
-              "must be one of " + ", ".join(INCONCLUSIVE_ACTIONS))
-        check("probe_interval", self.probe_interval > 0, "must be more than 0 seconds")
-
+# --- counts, verdicts ---------------------------------------------------------
 
 @dataclass(frozen=True)
 class Counts:
@@ -211,9 +166,12 @@ def _counted(c: Counts) -> str:
     return f"{_pct(c.rate)} ({c.errors:,} of {c.requests:,})"
 
 
-def judge(canary: Counts, baseline: Optional[Counts], settings: GateSettings, *,
+def judge(canary: Counts, baseline: Optional[Counts], settings: Gate, *,
           final: bool) -> Verdict:
-    """Steps 1-5 of the canary decision. Interim checks (final=False) never pass."""
+    """Steps 1-5 of the canary decision. Interim checks (final=False) never pass.
+
+    `settings` is the service's `gate:` (config.Gate): every number comes from there.
+    """
     s = settings
     e_c, n_c = canary.errors, canary.requests
     # A baseline without traffic tells us nothing: judge the canary on its own.
@@ -292,7 +250,7 @@ def judge(canary: Counts, baseline: Optional[Counts], settings: GateSettings, *,
                                    f"shown to be healthy")
 
 
-def next_step(verdict: Verdict, extensions_used: int, settings: GateSettings) -> str:
+def next_step(verdict: Verdict, extensions_used: int, settings: Gate) -> str:
     """After a final verdict: "proceed", "rollback" or "extend" (bake another window).
 
     Step 5 of the decision: an inconclusive bake is extended up to

@@ -26,8 +26,8 @@ Target = Union[int, str]
 
 DEFAULT_ROLLOUT: list[Target] = [1, "50%", "100%"]
 
-# "50%", "12.5%", " 100 % ": a decimal share of the fleet.
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+# "50%", "12.5%", " 100 % ": a decimal share of the fleet (services.yaml `rollout` too).
+PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _COUNT = re.compile(r"^\s*\d+\s*$")
 
 
@@ -57,7 +57,7 @@ def _parse_target(item: object) -> Target:
     if isinstance(item, str):
         if _COUNT.match(item):
             return _parse_target(int(item))
-        match = _PERCENT.match(item)
+        match = PERCENT.match(item)
         if match:
             share = Fraction(match.group(1))
             if not 0 < share <= 100:

@@ -1,8 +1,11 @@
-"""Shared fixtures: the SSH test fleet and the wheel cache (see tests/fleet.py)."""
+"""Shared fixtures: the SSH test fleet and the wheel cache (see tests/fleet.py), and a
+services.yaml of two local hosts for the unit tests that need real files and bash."""
 
 import pytest
 
 import fleet as fleet_mod  # tests/fleet.py
+
+from deploytools import config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +37,22 @@ def wheelhouse():
         pytest.fail(f"cannot build the wheelhouse: {exc}\n(scripts/test builds it "
                     f"before the tests; set DEPLOYTOOLS_WHEELHOUSE to move it.)",
                     pytrace=False)
+
+
+# A command service `svc` on two local hosts h0 and h1, each with its own root
+# under tmp_path: real files and real bash through the local seam, no SSH.
+LOCAL_PAIR_YAML = """
+hosts:
+  h0: {{local: true, address: 127.0.0.1, root: {root}/h0}}
+  h1: {{local: true, address: 127.0.0.2, root: {root}/h1}}
+services:
+  svc: {{kind: command, command: "sleep 1", repo: /nonexistent.git, hosts: [h0, h1], port: 9000}}
+"""
+
+
+@pytest.fixture
+def local_pair(tmp_path):
+    """The loaded config of LOCAL_PAIR_YAML, written to tmp_path/services.yaml."""
+    path = tmp_path / "services.yaml"
+    path.write_text(LOCAL_PAIR_YAML.format(root=tmp_path))
+    return config.load(path)

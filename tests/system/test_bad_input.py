@@ -90,6 +90,15 @@ CONFIG_CASES = {
     "bad_kind": (GOOD.replace("kind: django", "kind: rails"), 7,
                  ["services.airship.kind", "rails", "django"]),
     "top_level_list": ("- web-0\n- web-1\n", 1, ["the top level must be a mapping"]),
+    # Issue 14: hostile values are errors at load, before anything reaches a host.
+    "nested_3000_levels": (GOOD + "x: " + "[" * 3000 + "]" * 3000 + "\n", 12,
+                           ["invalid YAML", "nested more than 50 levels deep"]),
+    "huge_connect_timeout": ("ssh: {connect_timeout: 100000000000000000000}\n" + GOOD, 1,
+                             ["ssh.connect_timeout: expected at most 600 seconds"]),
+    "root_with_space": (GOOD + "    root: /srv/my apps\n", 12,
+                        ["services.airship.root: expected a path of letters", "'/srv/my apps'"]),
+    "root_with_percent": (GOOD.replace("port: 2222}", "port: 2222, root: '/srv/%(x)s'}"), 2,
+                          ["hosts.web-0.root: expected a path of letters"]),
 }
 
 

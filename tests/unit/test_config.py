@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import runpy
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from deploytools import config
-from deploytools.config import Gate, Health, load, parse, reference_markdown
+from deploytools.config import Gate, Health, load, parse
+from deploytools.config.__main__ import main as check_main
 from deploytools.errors import ConfigError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
+# The generator is a script outside the package (like gunicorn's docs/gunicorn_ext.py).
+GEN_REFERENCE = runpy.run_path(str(ROOT / "docs/gen_reference.py"))
+reference_markdown = GEN_REFERENCE["reference_markdown"]
 
 
 def write(tmp_path: Path, text: str, name: str = "services.yaml") -> Path:
@@ -191,7 +196,7 @@ def test_reference_doc_is_generated_from_the_declarations():
         for name in section:
             assert f"| `{name}` |" in text
     assert (ROOT / "docs/services-reference.md").read_text() == text, \
-        "regenerate: python -m deploytools.config --reference > docs/services-reference.md"
+        "regenerate: python docs/gen_reference.py"
 
 
 # --------------------------------------------------------------------------- broken configs
@@ -341,6 +346,36 @@ BROKEN = [
     ("ssh-timeout", "ssh:\n  connect_timeout: soon\n", 2,
      "ssh.connect_timeout: expected an integer >= 1, got 'soon'"),
     ("key-not-a-name", "hosts:\n  ? [a, b]\n  : {}\n", 2, "a key must be a plain name"),
+    # Hostile values (issue 14): each a clean error, never a traceback or a broken host.
+    ("yaml-nested-3000-flow", HOSTS + "x: " + "[" * 3000 + "]" * 3000 + "\n", 6,
+     "invalid YAML, column 53: nested more than 50 levels deep, where a services.yaml needs 5"),
+    ("yaml-nested-3000-block", "".join(" " * i + f"k{i}:\n" for i in range(3000)), 50,
+     "nested more than 50 levels deep"),
+    ("ssh-timeout-huge", "ssh:\n  connect_timeout: 100000000000000000000\n", 2,
+     "ssh.connect_timeout: expected at most 600 seconds, got 100000000000000000000"),
+    ("ssh-timeout-1e20", "ssh:\n  connect_timeout: 1e20\n", 2,
+     "ssh.connect_timeout: expected an integer >= 1, got '1e20'"),
+    ("ssh-timeout-float", "ssh:\n  connect_timeout: 1.0e+20\n", 2,
+     "ssh.connect_timeout: expected an integer >= 1, got 1e+20"),
+    ("health-timeout-huge", svc(GOOD + "health: {timeout: 1.0e+20}\n"), 13,
+     "services.airship.health.timeout: expected at most 3600 seconds, got 1e+20"),
+    ("gate-bake-huge", HOSTS + "defaults:\n  gate: {bake: 1.0e+300}\n" + svc(GOOD, head=""), 7,
+     "defaults.gate.bake: expected at most 86400 seconds, got 1e+300"),
+    ("root-space", svc(GOOD + "root: /srv/my apps\n"), 13,
+     "services.airship.root: expected a path of letters, digits, '/', '.', '_', '+' and '-' "
+     "(it is written into supervisord's config, systemd units and shell commands), "
+     "got '/srv/my apps'."),
+    ("root-percent", svc(GOOD + "root: /srv/%(here)s\n"), 13, "got '/srv/%(here)s'"),
+    ("root-quote", svc(GOOD + "root: \"/srv/it's\"\n"), 13, "got \"/srv/it's\""),
+    ("root-double-quote", svc(GOOD + "root: '/srv/a\"b'\n"), 13, "got '/srv/a\"b'"),
+    ("root-shell", svc(GOOD + "root: /srv/$(reboot)\n"), 13, "got '/srv/$(reboot)'"),
+    ("root-semicolon", svc(GOOD + "root: /srv/a;b\n"), 13, "got '/srv/a;b'"),
+    ("defaults-root-space", HOSTS + "defaults:\n  root: /srv/a b\n" + svc(GOOD, head=""), 7,
+     "defaults.root: expected a path of letters"),
+    ("host-root-space", "hosts:\n  web-0:\n    address: a\n    root: /srv/a b\n", 4,
+     "hosts.web-0.root: expected a path of letters, digits, '/', '.', '_', '+' and '-'"),
+    ("host-root-percent", "hosts:\n  web-0: {address: a, root: /srv/100%}\n", 2,
+     "hosts.web-0.root: expected a path of letters"),
 ]
 
 
@@ -356,6 +391,74 @@ def test_broken_config(tmp_path, text, line, fragment):
     assert err.path == str(path)
     assert "\n" not in str(err)  # one paragraph
     assert str(err).startswith(f"{path}:{line}: " if line else f"{path}: ")
+
+
+def test_local_host_root_is_checked_where_it_resolves(tmp_path):
+    # A relative root is safe as written, but lands under a directory with a space in it.
+    base = tmp_path / "my fleet"
+    base.mkdir()
+    with pytest.raises(ConfigError) as info:
+        load(write(base, "hosts:\n  w: {local: true, root: .demo/srv}\n"))
+    assert info.value.line == 2
+    assert ("hosts.w.root: expected a path of letters, digits, '/', '.', '_', '+' and '-' "
+            in info.value.message)
+    assert f"got '{base}/.demo/srv' (from '.demo/srv')." in info.value.message
+
+
+@pytest.mark.parametrize("outputs", ["[./.deploy]", "[./.deploy/]", "[.deploy/env]",
+                                     "['./.deploy/venv']", "[./REVISION]", "[./]", "[.]",
+                                     "[build/./../.deploy]"])
+def test_build_outputs_never_name_what_the_tool_writes(tmp_path, outputs):
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, svc(HARBOR + f"build_outputs: {outputs}\n")))
+    assert info.value.line == 14
+    assert "services.airship.build_outputs[0]: expected " in info.value.message
+
+
+def test_build_outputs_may_start_with_dot_slash(tmp_path):
+    h = load(write(tmp_path, svc(HARBOR + "build_outputs: [./build/, dist/.deploy-notes]\n")))
+    assert h.service("airship").build_outputs == ("./build/", "dist/.deploy-notes")
+
+
+def test_the_model_checks_itself_outside_the_loader():
+    # What health.judge and the rest get is always valid, however it was built.
+    assert Gate(bake=2).bake == 2.0 and isinstance(Gate(bake=2).bake, float)
+    for kwargs, message in [
+        ({"bake": 1e20}, "gate.bake: expected at most 86400 seconds, got 1e+20"),
+        ({"min_requests": True}, "gate.min_requests: expected an integer >= 1, got true"),
+        ({"min_requests": "5"}, "gate.min_requests: expected an integer >= 1, got '5'; "
+                                "write the number without quotes"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            Gate(**kwargs)
+        assert str(info.value) == message
+    with pytest.raises(ValueError, match=r"health.expect_status: expected an HTTP status"):
+        Health(expect_status=700)
+    with pytest.raises(ValueError, match=r"hosts.web-0.root: expected a path of letters"):
+        config.Host("web-0", "10.0.0.1", root="/srv/a b")
+    with pytest.raises(ValueError, match=r"services.x.kind: missing \(expected one of django"):
+        config.Service("x")
+
+
+def test_each_key_is_declared_once_as_a_model_field():
+    # The tables the loader and the reference read are the models' declared fields.
+    for table, model, derived in [(config.SSH, config.Ssh, set()),
+                                  (config.HOST, config.Host, {"name"}),
+                                  (config.HEALTH, Health, set()), (config.GATE, Gate, set()),
+                                  (config.SERVICE, config.Service, {"name"}),
+                                  (config.TOP, config.Config, {"path"})]:
+        names = [f.name for f in dataclasses.fields(model)]
+        assert [n for n in names if n not in derived] == list(table)
+        assert all(s.name == n and s.help for n, s in table.items())
+    assert config.DEFAULTABLE == {n: s for n, s in config.SERVICE.items() if s.defaultable}
+
+
+def test_check_command(tmp_path, capsys):
+    assert check_main(["--check", str(write(tmp_path, MINIMAL))]) == 0
+    assert capsys.readouterr().out.endswith(": ok: hosts web-0; roles -; services skiff\n")
+    assert check_main(["--check", str(write(tmp_path, "hosts: [\n"))]) == 2
+    assert capsys.readouterr().err.startswith(f"Error: {tmp_path}/services.yaml:")
+    assert check_main(["--reference"]) == 2  # moved to docs/gen_reference.py
 
 
 def test_the_good_service_of_the_broken_cases_loads(tmp_path):

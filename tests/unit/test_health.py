@@ -6,9 +6,10 @@ from fractions import Fraction
 
 import pytest
 
+from deploytools.config import Gate  # services.yaml `gate:`, judged as it is
 from deploytools.health import (
-    AccessRecord, Counts, GateSettings, Verdict, binom_sf, clopper_pearson, count_window, judge,
-    next_step, parse_access_line,
+    AccessRecord, Counts, Verdict, binom_sf, clopper_pearson, count_window, judge, next_step,
+    parse_access_line,
 )
 
 # --- binom_sf ----------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_clopper_pearson_rejects_nonsense(bad):
 
 # --- judge -------------------------------------------------------------------
 
-S = GateSettings()
+S = Gate()
 
 CASES = [
     # id, canary (e, n), baseline (e, n) or None, final, outcome
@@ -182,15 +183,15 @@ def test_design_example_figures():
 def test_settings_change_the_decision():
     # The same counts pass or not depending on the configured numbers.
     canary, baseline = Counts(0, 150), Counts(0, 150)
-    assert judge(canary, baseline, GateSettings(min_diff=0.05), final=True).outcome == "pass"
-    assert judge(Counts(0, 150), None, GateSettings(min_requests=200), final=True).outcome \
+    assert judge(canary, baseline, Gate(min_diff=0.05), final=True).outcome == "pass"
+    assert judge(Counts(0, 150), None, Gate(min_requests=200), final=True).outcome \
         == "inconclusive"
-    assert judge(Counts(30, 200), None, GateSettings(max_error_rate=0.05), final=True).outcome \
+    assert judge(Counts(30, 200), None, Gate(max_error_rate=0.05), final=True).outcome \
         == "fail"
-    assert judge(Counts(30, 200), None, GateSettings(max_error_rate=0.5), final=True).outcome \
+    assert judge(Counts(30, 200), None, Gate(max_error_rate=0.5), final=True).outcome \
         == "pass"
     triple = Counts(30, 10_000), Counts(100, 100_000)
-    assert judge(*triple, GateSettings(ratio=4), final=True).outcome != "fail"
+    assert judge(*triple, Gate(ratio=4), final=True).outcome != "fail"
 
 
 # --- next_step (step 5) ------------------------------------------------------
@@ -204,14 +205,14 @@ def test_settings_change_the_decision():
     ("inconclusive", 2, "proceed", "proceed"),
 ])
 def test_next_step(outcome, used, on_inconclusive, step):
-    settings = GateSettings(on_inconclusive=on_inconclusive)
+    settings = Gate(on_inconclusive=on_inconclusive)
     assert next_step(Verdict(outcome, "", {}), used, settings) == step
 
 
 # --- settings and counts -----------------------------------------------------
 
 def test_default_settings():
-    s = GateSettings()
+    s = Gate()
     assert (s.warmup, s.bake, s.max_error_rate, s.ratio) == (5, 30, 0.05, 1.5)
     assert (s.alpha_interim, s.alpha_final, s.min_diff) == (0.001, 0.01, 0.001)
     assert (s.ceiling_confidence, s.pass_confidence, s.min_requests) == (0.99, 0.95, 100)
@@ -226,7 +227,7 @@ def test_default_settings():
 ])
 def test_bad_settings_name_themselves(key, value):
     with pytest.raises(ValueError, match=key):
-        GateSettings(**{key: value})
+        Gate(**{key: value})
 
 
 def test_counts():

@@ -8,26 +8,14 @@ import time
 
 import pytest
 
-from deploytools import config as config_mod
 from deploytools.errors import LockedError
 from deploytools.inventory import Fleet
 from deploytools.lock import FleetLock, parse_holder, staleness
 
-YAML = """
-hosts:
-  h0: {{local: true, address: 127.0.0.1, root: {root}/h0}}
-  h1: {{local: true, address: 127.0.0.2, root: {root}/h1}}
-services:
-  svc: {{kind: command, command: "sleep 1", repo: /nonexistent.git, hosts: [h0, h1], port: 9000}}
-"""
-
-
 @pytest.fixture
-def setup(tmp_path):
-    cfg = config_mod.parse(YAML.format(root=tmp_path), str(tmp_path / "services.yaml"),
-                           str(tmp_path))
-    fleet = Fleet(cfg, ["h0", "h1"])
-    yield cfg.service("svc"), fleet, tmp_path
+def setup(local_pair, tmp_path):
+    fleet = Fleet(local_pair, ["h0", "h1"])
+    yield local_pair.service("svc"), fleet, tmp_path
     fleet.close()
 
 

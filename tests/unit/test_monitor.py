@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from deploytools import config as config_mod
 from deploytools.errors import UsageError
 from deploytools.inventory import Fleet
 from deploytools.monitor import TailSplitter, _flag, log_paths, monitor, status_text, tail_script
@@ -80,19 +79,9 @@ def test_flag():
         _flag("maybe", True)
 
 
-YAML = """
-hosts:
-  h0: {{local: true, address: 127.0.0.1, root: {root}/h0}}
-  h1: {{local: true, address: 127.0.0.2, root: {root}/h1}}
-services:
-  svc: {{kind: command, command: "sleep 1", repo: /nonexistent.git, hosts: [h0, h1], port: 9000}}
-"""
-
-
 @pytest.fixture
-def cfg(tmp_path):
-    return config_mod.parse(YAML.format(root=tmp_path), str(tmp_path / "services.yaml"),
-                            str(tmp_path))
+def cfg(local_pair):
+    return local_pair
 
 
 def test_local_stream_delivers_lines_as_they_come_and_stops(cfg):
@@ -148,7 +137,6 @@ def test_follow_on_local_hosts_shows_each_new_line_and_ends_on_ctrl_c(cfg, tmp_p
     for d in logs.values():
         d.mkdir(parents=True)
         (d / "error.log").write_text("old line, not shown\n")  # the others do not exist yet
-    Path(cfg.path).write_text(YAML.format(root=tmp_path))
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploytools", "monitor:svc"], cwd=root, text=True,

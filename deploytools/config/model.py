@@ -1,0 +1,404 @@
+"""The model of services.yaml: immutable, typed, and the one place each key is declared.
+
+Each field whose default is a ``setting(...)`` is a key of services.yaml, in the
+order the reference lists them; fields without one (a host's or a service's
+``name``, the config's ``path``) come from elsewhere in the file. To add a key:
+add a field here, then regenerate the reference (``python docs/gen_reference.py``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+from deploytools.errors import UsageError
+
+from .declare import (
+    BOOL, BY_KIND, DJANGO_ONLY, INT, NUMBER, PATH, REQUIRED, ROLLOUT_STEP, STATUS, STR,
+    Declared, ListOf, MapOf, Section, Setting, Type, absolute_path, address, all_of, app_ref,
+    at_least, at_least_one, at_most, bind_address, branch_name, build_output, did_you_mean,
+    env_name, env_value, host_root, non_negative, nonblank, one_of, pathspec, port_number,
+    positive, probability, program, rate, relative_path, repo_url, rollout_step, safe_path,
+    setting, settings_of, shell_line, single_line, small_rate, status, tag_prefix, url_path,
+    user_name,
+)
+
+SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+SERVICE_NAME_RULE = ("service names use lowercase letters, digits, '-' and '_', and start with a "
+                     "letter (a name becomes a directory, a supervisord program and part of shell "
+                     "commands)")
+HOST_NAME_RULE = "use letters, digits, '.', '_' and '-', starting with a letter or a digit"
+
+KINDS = ("django", "flask", "wsgi", "command")
+WSGI_KINDS = ("django", "flask", "wsgi")
+RELOAD_SIGNALS = ("HUP", "USR1", "USR2", "TERM", "restart")
+# Defaults that differ by kind. gunicorn reloads gracefully on HUP; any other
+# program is restarted unless it says how it reloads (a JVM, for one, exits on HUP).
+# And a program may start slowly (a JVM, a big app): readiness waits longer for it.
+RELOAD_DEFAULT = {"command": "restart"}  # else HUP
+HEALTH_TIMEOUT_DEFAULT = {"command": 30.0}  # else Health.timeout's default
+INCONCLUSIVE_ACTIONS = ("rollback", "proceed")
+
+
+class FrozenMap(Mapping):
+    """A read-only, hashable mapping that keeps its order."""
+
+    def __init__(self, data: Any = ()):
+        self._data = dict(data)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._data.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
+@dataclass(frozen=True)
+class Ssh(Declared):
+    """`ssh:`: how every host is reached."""
+
+    known_hosts: str = setting(  # expanded, absolute once loaded
+        PATH, "~/.ssh/known_hosts", nonblank,
+        "known_hosts file that every host key is checked against (strict checking is "
+        "always on). `~` is expanded; a relative path is resolved against the directory "
+        "of services.yaml.")
+    identity_file: str | None = setting(
+        PATH, None, nonblank,
+        "Private key for hosts that do not set their own (default: your SSH agent and keys).")
+    connect_timeout: int = setting(
+        INT, 10, all_of(at_least(1), at_most(600, "seconds")),
+        "Seconds to wait for an SSH connection.")
+
+
+@dataclass(frozen=True)
+class Host(Declared):
+    """`hosts.<name>:`: one machine."""
+
+    name: str
+    address: str = setting(
+        STR, None, address,
+        "Hostname or IP address: where SSH connects and where health checks reach the "
+        "service. Required unless `local`; a local host defaults to 127.0.0.1.",
+        doc_default="required; `\"127.0.0.1\"` if local")
+    port: int = setting(INT, 22, port_number, "SSH port.")
+    user: str | None = setting(STR, None, user_name,
+                               "SSH user (default: your SSH configuration's).")
+    local: bool = setting(
+        BOOL, False, None,
+        "Run this host's commands on this machine, without SSH (the demo fleet).")
+    root: str | None = setting(  # absolute once loaded; overrides Service.root on this host
+        PATH, None, host_root,
+        "Overrides the service `root` on this host. Absolute for a remote host; for a local "
+        "host a relative path is resolved against the directory of services.yaml (how a "
+        "demo fleet gives each host its own directory). Like the service `root`, it may "
+        "hold only letters, digits, '/', '.', '_', '+' and '-'.")
+    identity_file: str | None = setting(  # the host's own, else ssh.identity_file; expanded
+        PATH, None, nonblank,
+        "Private key for this host (default: `ssh.identity_file`). `~` is expanded.")
+
+    def _where(self) -> str:
+        return f"hosts.{self.name}"
+
+
+@dataclass(frozen=True)
+class Health(Declared):
+    """`health:`: the readiness probe after every activation."""
+
+    path: str = setting(
+        STR, "/healthz", url_path,
+        "Path probed on the host's address and the service's port after every activation.")
+    timeout: float = setting(
+        NUMBER, 5.0, all_of(positive, at_most(3600, "seconds")),
+        "Seconds until a host must answer the probe after an activation (also the timeout "
+        "of each request). Kind command waits longer by default: a JVM starts slowly.",
+        doc_default="`5`; `30` for command")
+    interval: float = setting(NUMBER, 0.5, all_of(positive, at_most(3600, "seconds")),
+                              "Seconds between probes while waiting.")
+    expect_status: int | str = setting(  # a status code, or "2xx"
+        STATUS, 200, status,
+        "Status a ready host answers: a code, or `\"2xx\"` for any 2xx.")
+
+    def accepts(self, status: int) -> bool:
+        if self.expect_status == "2xx":
+            return 200 <= status <= 299
+        return status == self.expect_status
+
+
+_DAY = 86400
+
+
+@dataclass(frozen=True)
+class Gate(Declared):
+    """`gate:`: every number of the canary decision (health.judge reads them as they are)."""
+
+    warmup: float = setting(
+        NUMBER, 5.0, all_of(non_negative, at_most(_DAY, "seconds")),
+        "Seconds after activation that are not judged (caches, first connections).")
+    bake: float = setting(
+        NUMBER, 30.0, all_of(positive, at_most(_DAY, "seconds")),
+        "Seconds of traffic on the new hosts judged after the warm-up.")
+    max_error_rate: float = setting(
+        NUMBER, 0.05, rate,
+        "Ceiling C: fail when the error rate of the new hosts is surely above it.")
+    ratio: float = setting(
+        NUMBER, 1.5, at_least_one,
+        "r: how many times the baseline's error rate the new hosts may have.")
+    alpha_interim: float = setting(
+        NUMBER, 0.001, probability,
+        "Significance of the relative test at interim checks (strict: we look often).")
+    alpha_final: float = setting(
+        NUMBER, 0.01, probability,
+        "Significance of the relative test at the end of the bake.")
+    min_diff: float = setting(
+        NUMBER, 0.001, small_rate,
+        "Smallest difference of error rates that may fail a deploy (0.001 = 0.1 points).")
+    ceiling_confidence: float = setting(
+        NUMBER, 0.99, probability,
+        "Confidence of the lower bound compared with the ceiling.")
+    pass_confidence: float = setting(
+        NUMBER, 0.95, probability,
+        "Confidence of the upper bound that must be under the limit to pass.")
+    # 100 because the tool's own probes (every 0.2 s over a 25-30 s window)
+    # reach it on an idle service, and with 0 errors in 100 requests the 95%
+    # upper bound is 3.6%: enough to tell a working release from the 5% ceiling.
+    min_requests: int = setting(
+        INT, 100, at_least(1),
+        "Requests the new hosts must serve before they can pass.")
+    max_extensions: int = setting(
+        INT, 2, at_least(0),
+        "Times an inconclusive bake is extended before `on_inconclusive` applies.")
+    on_inconclusive: str = setting(
+        STR, "rollback", one_of(*INCONCLUSIVE_ACTIONS),
+        "What an inconclusive gate does after its extensions.")
+    probe_interval: float = setting(
+        NUMBER, 0.2, all_of(positive, at_most(3600, "seconds")),
+        "Seconds between the tool's own probes of each new host during the bake.")
+
+
+SSH = settings_of(Ssh)
+HOST = settings_of(Host)
+HEALTH = settings_of(Health)
+GATE = settings_of(Gate)
+
+
+def _item(type_: Type, validator: Any = None) -> Setting:
+    return Setting("", type_, REQUIRED, validator)
+
+
+@dataclass(frozen=True)
+class Service(Declared):
+    """`services.<name>:`: one service; keys marked defaultable may come from `defaults:`."""
+
+    name: str
+    kind: str = setting(
+        STR, REQUIRED, one_of(*KINDS),
+        "`django`, `flask` or `wsgi` (run by gunicorn), or `command` (any program).")
+    repo: str = setting(  # a URL, or an absolute local path once loaded
+        STR, REQUIRED, repo_url,
+        "Git repository: `git@host:path.git`, `ssh://`, `https://`, `file://`, or a local "
+        "path (a relative one is resolved against the directory of services.yaml).")
+    branch: str = setting(STR, "master", branch_name, "Branch that is deployed.")
+    production_branch: str = setting(
+        STR, "production", branch_name,
+        "Branch that is moved to the deployed commit after a successful deploy.")
+    tag_prefix: str = setting(
+        STR, "production-", tag_prefix,
+        "Prefix of the date tag that marks each successful deploy.")
+    role: str | None = setting(
+        STR, None, None,
+        "Role whose hosts run the service. Give exactly one of `role` and `hosts`.",
+        doc_default="one of role, hosts")
+    hosts: tuple[str, ...] = setting(  # once loaded: from `role` or `hosts`, in declared order
+        ListOf("list of host names", _item(STR), unique=True), None, None,
+        "Host names that run the service, in this order (instead of `role`).",
+        doc_default="one of role, hosts")
+    app: str | None = setting(
+        STR, None, app_ref,
+        "WSGI application, `module:callable`. Required for django, flask and wsgi; not "
+        "allowed for command.", doc_default="required unless command")
+    command: str | None = setting(
+        STR, None, shell_line,
+        "Command line that runs the service: `/bin/sh` execs it in `<dir>/current` (so the "
+        "program itself gets supervisord's signals; put anything more complex in a script "
+        "in the repository), with `env` plus `HOST` (the address of `bind`, by default the "
+        "host's) and `PORT` in its environment. It must stay in the foreground and listen "
+        "on `HOST:PORT`. Its output goes to `log/<service>.log`, where the canary gate "
+        "counts access lines "
+        "(`<ISO 8601 time> <client> \"<request line>\" <status> <bytes>`, or gunicorn's "
+        "format). Required for kind command, not allowed otherwise.",
+        doc_default="required for command")
+    build: str | None = setting(
+        STR, None, nonblank,
+        "Shell command run in the release directory while staging (kind command only), "
+        "with the release's environment; if it fails, the deploy stops before any host "
+        "switches, with its output in the error.")
+    build_inputs: tuple[str, ...] | None = setting(  # None: every file is a build input
+        ListOf("list of paths and globs", _item(STR, pathspec), unique=True), None, None,
+        "Files that affect the build, as git pathspecs: `src/` (or `src`) covers a "
+        "directory, `*.java` any Java file (`*` also crosses `/`). A smart deploy reuses "
+        "the live release's `build_outputs` when no file between the live commit and the "
+        "target matches (kind command only).", doc_default="every file")
+    build_outputs: tuple[str, ...] | None = setting(  # None: a build is never reused
+        ListOf("list of paths", _item(PATH, build_output), unique=True), None, None,
+        "What `build` makes in the release, e.g. `[build/]`: what a smart deploy hard-links "
+        "(`cp -al`) from the live release instead of building, when the build inputs, the "
+        "`build` command and the environment are unchanged. Unset: always build. The build "
+        "must replace these files, not edit them in place (the links are shared).",
+        doc_default="unset: always build")
+    port: int = setting(
+        INT, REQUIRED, port_number,
+        "Port the service listens on; health checks connect to the host's address and "
+        "this port.")
+    bind: str | None = setting(  # None: <host address>:<port>, see bind_on()
+        STR, None, bind_address,
+        "Listen address `ADDRESS:PORT`, e.g. `0.0.0.0:8000`; its port must be `port`.",
+        doc_default="host `address`:`port`")
+    requirements: str | None = setting(
+        PATH, "requirements.txt", relative_path,
+        "Requirements file in the repository; `null` for none. A change builds a new "
+        "virtualenv.", nullable=True)
+    env: Mapping[str, str] = setting(
+        MapOf("mapping NAME: string", env_name, _item(STR, env_value)), None, None,
+        "Environment variables. Scalars are taken as written (`010` stays `010`, `yes` "
+        "stays `yes`); an empty value must be written `\"\"`.", doc_default="`{}`")
+    workers: int = setting(INT, 2, at_least(1),
+                           "gunicorn worker processes (not for kind command).")
+    graceful_timeout: int = setting(
+        INT, 30, all_of(at_least(1), at_most(_DAY, "seconds")),
+        "Seconds a worker gets to finish its requests on a reload or a stop.")
+    reload_signal: str = setting(
+        STR, BY_KIND, one_of(*RELOAD_SIGNALS),
+        "Signal sent to the service's main process to load a new release, or `restart` to "
+        "stop and start it instead. gunicorn reloads gracefully on `HUP`; a `command` "
+        "program is restarted unless you name the signal it reloads on (a JVM exits on "
+        "HUP). A restart is always used when the virtualenv or environment changed.",
+        doc_default="`\"HUP\"`; `\"restart\"` for command")
+    migrate: bool = setting(
+        BOOL, DJANGO_ONLY, None,
+        "Run `manage.py migrate` once per deploy, before the canary (django only).",
+        doc_default="true for django")
+    collectstatic: bool = setting(
+        BOOL, DJANGO_ONLY, None,
+        "Run `manage.py collectstatic` while staging each release (django only).",
+        doc_default="true for django")
+    health: Health = setting(
+        Section("mapping (see health)", HEALTH), None, None,
+        "Readiness probe, see below; merged key by key with `defaults.health`.",
+        defaultable=True, doc_default="see below")
+    gate: Gate = setting(
+        Section("mapping (see gate)", GATE), None, None,
+        "Canary gate, see below; merged key by key with `defaults.gate`.",
+        defaultable=True, doc_default="see below")
+    root: str = setting(
+        PATH, "/srv", all_of(absolute_path, safe_path),
+        "Directory that holds `<root>/<service>` on every host (a host's `root` wins). "
+        "Only letters, digits, '/', '.', '_', '+' and '-': it is written into supervisord's "
+        "config, systemd units and shell commands.", defaultable=True)
+    keep_releases: int = setting(
+        INT, 5, at_least(2),
+        "Releases kept on each host; the live one and the one before are never pruned.",
+        defaultable=True)
+    rollout: tuple[int | str, ...] = setting(  # host counts (int) and shares ("50%")
+        ListOf("list of host counts and \"N%\"", _item(ROLLOUT_STEP, rollout_step)),
+        (1, "50%", "100%"), None,
+        "Waves, as cumulative targets: a number of hosts or a share of them. The first "
+        "wave is the canary.", defaultable=True)
+    python: str = setting(STR, "python3", program,
+                          "Interpreter that creates the virtualenv.", defaultable=True)
+    pip_args: str = setting(
+        STR, "", single_line,
+        "Extra arguments for `pip install`, e.g. `--index-url https://...`.", defaultable=True)
+    parallel: int = setting(INT, 8, at_least(1), "Most hosts worked on at once.",
+                            defaultable=True)
+
+    def _where(self) -> str:
+        return f"services.{self.name}"
+
+    def dir_on(self, host: Host) -> str:
+        """The service's directory on `host`: <root>/<service>."""
+        return (host.root or self.root).rstrip("/") + "/" + self.name
+
+    def bind_on(self, host: Host) -> str:
+        """The ADDRESS:PORT the service listens on, on `host`."""
+        return self.bind or f"{host.address}:{self.port}"
+
+    @property
+    def access_log(self) -> str:
+        """Where its access lines are, relative to its directory: gunicorn's access log,
+        or for kind command the program's own output (supervisord's capture of it)."""
+        return f"log/{self.name}.log" if self.kind == "command" else "log/access.log"
+
+
+SERVICE = settings_of(Service)
+DEFAULTABLE = {name: s for name, s in SERVICE.items() if s.defaultable}
+
+
+@dataclass(frozen=True)
+class Config(Declared):
+    """The whole of services.yaml, checked."""
+
+    path: str  # as given (named in errors)
+    ssh: Ssh = setting(Section("mapping (see ssh)", SSH), None, None,
+                       "SSH settings for every host.", doc_default="see below")
+    hosts: Mapping[str, Host] = setting(
+        Type("mapping name: host", "a mapping"), REQUIRED, None,
+        "The machines, by name (see below).")
+    roles: Mapping[str, tuple[str, ...]] = setting(
+        Type("mapping role: list of host names", "a mapping"), None, None,
+        "Named groups of declared hosts; role names follow the host name rule and must "
+        "differ from host names.", doc_default="`{}`")
+    defaults: Mapping[str, Any] = setting(  # as given; already applied to every service
+        Section("mapping (see defaults)", DEFAULTABLE), None, None,
+        "Values every service inherits: any service key marked *defaultable*.",
+        doc_default="`{}`")
+    services: Mapping[str, Service] = setting(
+        Type("mapping name: service", "a mapping"), REQUIRED, None,
+        "The services, by name (see below).")
+
+    def service(self, name: str) -> Service:
+        """The service called `name`, or a UsageError that lists the ones defined."""
+        if not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
+            raise UsageError(f"invalid service name {name!r}: {SERVICE_NAME_RULE}.")
+        if name not in self.services:
+            defined = ", ".join(self.services) or "no services"
+            raise UsageError(f"unknown service {name!r} ({os.path.basename(self.path)} defines: "
+                             f"{defined}).{did_you_mean(name, self.services)}")
+        return self.services[name]
+
+    def select_hosts(self, spec: str | Sequence[str]) -> list[str]:
+        """Host names for host and role names separated by ',' or ';', deduplicated, in order."""
+        parts = [spec] if isinstance(spec, str) else list(spec)
+        names: list[str] = []
+        for part in parts:
+            for entry in re.split(r"[,;]", part):
+                entry = entry.strip()
+                if not entry:
+                    continue
+                if entry in self.hosts:
+                    found: Sequence[str] = (entry,)
+                elif entry in self.roles:
+                    found = self.roles[entry]
+                else:
+                    known = [*self.hosts, *self.roles]
+                    raise UsageError(
+                        f"unknown host or role {entry!r} (hosts: {', '.join(self.hosts)}; roles: "
+                        f"{', '.join(self.roles) or 'none'}).{did_you_mean(entry, known)}")
+                names += [n for n in found if n not in names]
+        if not names:
+            raise UsageError(f"no host or role given in {spec!r}.")
+        return names
+
+
+TOP = settings_of(Config)
