@@ -13,9 +13,6 @@ and the tool says so when it restarts one.
 """
 from __future__ import annotations
 
-SOCKET_MODES = ("inherit", "bind")
-
-
 def socket_mode(service) -> str:
     """`inherit` or `bind` for a service (its `socket` setting, else by kind)."""
     mode = getattr(service, "socket", None)

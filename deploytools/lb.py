@@ -22,7 +22,6 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from .errors import DeployError
 from .inventory import target_for
@@ -102,17 +101,8 @@ def errors_of(row: dict[str, str]) -> dict[str, int]:
             "eresp": _int(row.get("eresp")), "requests": _int(row.get("stot"))}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """A service's `lb:` block (see config)."""
-    host: str
-    socket: str
-    backend: str
-    server: str = "{host}"  # the HAProxy server name of a host; {host} is its name
-    drain_timeout: float = 30.0
-
-
 def server_name(settings, host: str) -> str:
+    """The HAProxy server of `host` under a service's `lb:` settings (config.Lb)."""
     return check_name(settings.server.replace("{host}", host), "server name")
 
 
