@@ -13,6 +13,8 @@ and the tool says so when it restarts one.
 """
 from __future__ import annotations
 
+from .script import q
+
 def socket_mode(service) -> str:
     """`inherit` or `bind` for a service (its `socket` setting, else by kind)."""
     mode = getattr(service, "socket", None)
@@ -29,3 +31,19 @@ def target(service) -> str:
     """The supervisorctl name of all the service's processes: `NAME:*` (a group of two
     slots, or the one process of a plain program)."""
     return f"{service.name}:*"
+
+
+def restart_needed_script(service, dir: str, release: str | None) -> str:
+    """Read-only: will activating `release` restart the program rather than reload it?
+    The same tests as the activation (releases.activate_script). Prints `@@restart yes|no`."""
+    if release is None or service.reload_signal == "restart":
+        return "echo '@@restart yes'\n"
+    r = f"releases/{q(release)}"
+    return f"""
+cd {q(dir)}
+r=no
+[ "$(readlink -f current/.deploy/venv 2>/dev/null)" = "$(readlink -f {r}/.deploy/venv)" ] || r=yes
+cmp -s current/.deploy/env {r}/.deploy/env 2>/dev/null || r=yes
+if [ -f etc/supervisord.conf.next ] && ! cmp -s etc/supervisord.conf.next etc/supervisord.conf; then r=yes; fi
+echo "@@restart $r"
+"""

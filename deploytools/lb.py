@@ -25,7 +25,8 @@ from contextlib import contextmanager
 
 from .errors import DeployError
 from .inventory import target_for
-from .script import q
+from . import handoff
+from .script import facts, q
 
 # HAProxy proxy and server names: letters, digits, '-', '_', '.', ':'.
 NAME = re.compile(r"[A-Za-z0-9_.:-]+")
@@ -170,20 +171,26 @@ class Balancer:
         return out
 
 
-def balancer(service, config) -> Balancer | None:
-    """The service's Balancer, or None without an `lb:` block."""
+@contextmanager
+def connect(service, config):
+    """The service's Balancer for the block (its own connection to the LB host, closed
+    after), or None when the service has no `lb:`."""
     settings = getattr(service, "lb", None)
     if not settings:
-        return None
-    if settings.host not in config.hosts:
-        raise LBError(f"lb.host {settings.host!r} of {service.name} is not in hosts:")
-    return Balancer(settings, target_for(config.hosts[settings.host], config.ssh))
+        yield None
+        return
+    target = target_for(config.hosts[settings.host], config.ssh)
+    try:
+        yield Balancer(settings, target)
+    finally:
+        target.close()
 
 
 @contextmanager
 def out_of_pool(lb: Balancer | None, host: str, say=None):
-    """Drain `host` for the block; back to `ready` only when the block succeeded.
-    Hosts are taken out one at a time, so the rest of the pool keeps serving."""
+    """Drain `host` for the block; back to `ready` only when the block succeeded, so a
+    host whose activation or restore failed stays out of the pool. Hosts are taken out
+    one at a time, so the rest of the pool keeps serving."""
     if lb is None:
         yield
         return
@@ -193,10 +200,23 @@ def out_of_pool(lb: Balancer | None, host: str, say=None):
             say("lb", f"  {host}: drained on {lb.target.name}"
                       + (f" ({left} sessions still open after {lb.settings.drain_timeout:g}s)"
                          if left else ""), host=host, sessions=left)
-        yield  # an exception leaves the host drained: it is not serving a good release
+        yield
         lb.ready(host)
         if say:
             say("lb", f"  {host}: back in the pool", host=host)
+
+
+@contextmanager
+def around_activation(lb: Balancer | None, service, t, release: str | None, *,
+                      restart: bool | None = None, say=None):
+    """Out of the pool around an activation of `release` on target `t` that restarts the
+    program (`restart`: known; None: asked from the host). A graceful reload stays in."""
+    if lb is not None and restart is None:
+        r = t.run(handoff.restart_needed_script(service, service.dir_on(t.host), release),
+                  what="checking whether the activation restarts")
+        restart = facts(r.stdout).get("restart") == "yes"
+    with out_of_pool(lb if restart else None, t.name, say):
+        yield
 
 
 _SERIAL = threading.Lock()
