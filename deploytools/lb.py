@@ -152,6 +152,7 @@ class Balancer:
         """Set `host` to drain and wait until its current sessions reach 0 (bounded).
         Returns the sessions still open when the wait ended."""
         self.set_state(host, "drain")
+        _DRAINED.add(self._key(host))
         deadline = time.monotonic() + float(self.settings.drain_timeout)
         while True:
             scur = _int(self.server_row(host).get("scur"))
@@ -161,6 +162,14 @@ class Balancer:
 
     def ready(self, host: str) -> None:
         self.set_state(host, "ready")
+        _DRAINED.discard(self._key(host))
+
+    def _key(self, host: str) -> tuple[str, str, str]:
+        return (self.target.name, self.backend, host)
+
+    def drained_by_us(self, host: str) -> bool:
+        """Did this process drain `host` and not put it back (a failed activation)?"""
+        return self._key(host) in _DRAINED
 
     def counters(self, hosts: list[str] | None = None) -> dict[str, dict[str, int]]:
         """Per-host error counters of the backend (and `BACKEND` for the backend itself)."""
@@ -211,7 +220,12 @@ def around_activation(lb: Balancer | None, service, t, release: str | None, *,
                       restart: bool | None = None, say=None):
     """Out of the pool around an activation of `release` on target `t` that restarts the
     program (`restart`: known; None: asked from the host). A graceful reload stays in."""
-    if lb is not None and restart is None:
+    if lb is None or release is None:  # None: nothing to serve, nothing to put back
+        yield
+        return
+    if lb.drained_by_us(t.name):  # left out by a failed activation: back in only once it serves
+        restart = True
+    if restart is None:
         r = t.run(handoff.restart_needed_script(service, service.dir_on(t.host), release),
                   what="checking whether the activation restarts")
         restart = facts(r.stdout).get("restart") == "yes"
@@ -220,3 +234,19 @@ def around_activation(lb: Balancer | None, service, t, release: str | None, *,
 
 
 _SERIAL = threading.Lock()
+# Hosts drained by this process and not yet back in the pool: a deploy's waves and
+# its rollback each open their own LB connection, and the rollback must know.
+_DRAINED: set[tuple[str, str, str]] = set()
+
+
+def states_or_error(service, config, hosts: list[str]) -> dict[str, str] | None:
+    """For `status`: each host's state in HAProxy (UP, DRAIN, MAINT, DOWN...), a short
+    error in place of each when HAProxy cannot be asked, or None without an `lb:`."""
+    if not getattr(service, "lb", None):
+        return None
+    try:
+        with connect(service, config) as balancer:
+            return balancer.states(hosts)
+    except DeployError as e:
+        why = f"unreachable ({e.message.splitlines()[0][:40]})"
+        return {h: why for h in hosts}

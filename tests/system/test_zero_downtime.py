@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 import build_repos
+import fleet as fleet_mod
+from haproxy_fixture import HAProxy
 import sysenv as shared
 from loadgen import LoadGen
 
@@ -31,6 +33,7 @@ HOSTS = ["web-0", "web-1", "web-2", "web-3"]
 SVC, PORT = "zd", 8500
 MIN_REQUESTS = 2000
 RATE = 200.0  # requests/s over all hosts: well below what the fleet serves on 2 cores
+LB_PORT = 8590
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +133,57 @@ def test_rollback_across_virtualenvs_without_a_failed_request(zd):
     assert revisions(zd) == {h: sha(zd, "v2") for h in HOSTS}
     assert (zd.srv("web-0", SVC) / "current" / ".deploy" / "venv").resolve() != venv
     assert_no_failures(stats)
+
+
+# --- the same through HAProxy, with `lb:` ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def haproxy(zd, tmp_path_factory):
+    """HAProxy on its own loopback address (past the fleet's), the four hosts behind it;
+    `lb:` points at its admin socket through web-0, reached over SSH like any host."""
+    address = f"127.0.0.{fleet_mod.first_octet() + 8}"
+    servers = {h: f"{zd.host(h).address}:{PORT}" for h in HOSTS}
+    with HAProxy(tmp_path_factory.mktemp("haproxy"), address, LB_PORT, "zd", servers) as lb:
+        zd.data["services"][SVC]["lb"] = {"host": "web-0", "socket": lb.socket,
+                                          "backend": "zd", "drain_timeout": 10}
+        write(zd)
+        lb.wait_up()
+        yield lb
+        zd.data["services"][SVC].pop("lb")
+        write(zd)
+
+
+def test_status_shows_each_hosts_lb_state(zd, haproxy):
+    out = zd.fab(f"status:{SVC}").stdout
+    lines = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    assert out.splitlines()[0].split()[-1].lower() == "lb"
+    for h in HOSTS:
+        assert lines[h].split()[-1] == "UP"
+
+
+@pytest.mark.parametrize("case", ["new requirement", "changed env", "hard restart",
+                                  "rollback across virtualenvs"])
+def test_through_haproxy_without_a_failed_request(zd, haproxy, case):
+    args = {"new requirement": f"deploy:{SVC},ref=v3",
+            "changed env": f"deploy:{SVC},ref=v3,force=true",
+            "hard restart": f"restart:{SVC},hard=true",
+            "rollback across virtualenvs": f"rollback:{SVC}"}[case]
+    if case == "changed env":
+        zd.data["services"][SVC]["env"]["ZD_COLOUR"] = "red"
+        write(zd)
+    before = haproxy.stats()
+    proc, stats = under_load(zd, args, urls=[haproxy.url])
+    # Every host was taken out of the pool for its restart and put back.
+    for h in HOSTS:
+        assert f"{h}: drained on web-0" in proc.stdout, proc.stdout
+        assert f"{h}: back in the pool" in proc.stdout, proc.stdout
+    assert haproxy.stats()[("zd", "web-0")]["status"] == "UP"
+    assert_no_failures(stats)
+    rows = haproxy.stats()
+    for name in ["BACKEND", *HOSTS]:
+        for counter in ("hrsp_5xx", "econ", "eresp"):
+            assert rows[("zd", name)][counter] == before[("zd", name)][counter] == "0", \
+                (case, name, counter, rows[("zd", name)])
+    served = int(rows[("zd", "BACKEND")]["stot"]) - int(before[("zd", "BACKEND")]["stot"])
+    assert served >= MIN_REQUESTS
