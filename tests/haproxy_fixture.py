@@ -1,7 +1,7 @@
 """A real HAProxy in front of the test fleet (Debian's `haproxy`; .ci/run installs it).
 
-    with HAProxy(dir, "127.0.0.119", 8590, "zd", {"web-0": "127.0.0.111:8500", ...}) as lb:
-        lb.url                      # http://127.0.0.119:8590/
+    with HAProxy(dir, "127.0.0.119", {"zd": (8590, {"web-0": "127.0.0.111:8500", ...})}) as lb:
+        lb.url("zd")                # http://127.0.0.119:8590/: the frontend of backend zd
         lb.socket                   # the admin socket (`stats socket ... level admin`)
         lb.stats()[("zd", "web-0")]["hrsp_5xx"]
 
@@ -33,7 +33,10 @@ defaults
     retries 0
     option http-server-close
 
-frontend fe
+{proxies}"""
+
+PROXY = """
+frontend fe_{backend}
     bind {address}:{port}
     default_backend {backend}
 
@@ -49,27 +52,28 @@ class HAProxyError(RuntimeError):
 
 
 class HAProxy:
-    def __init__(self, dir: Path, address: str, port: int, backend: str, servers: dict[str, str]):
+    def __init__(self, dir: Path, address: str, backends: dict[str, tuple[int, dict[str, str]]]):
         self.dir = Path(dir)
-        self.address, self.port, self.backend = address, port, backend
-        self.servers = servers
+        self.address = address
+        self.backends = backends  # name -> (frontend port, {server name: ADDRESS:PORT})
         self.socket = str(self.dir / "admin.sock")
         self.proc: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}:{self.port}/"
+    def url(self, backend: str) -> str:
+        return f"http://{self.address}:{self.backends[backend][0]}/"
 
     def start(self) -> "HAProxy":
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not Path(binary).exists():
             raise HAProxyError("haproxy is not installed (apt-get install haproxy; .ci/run does)")
         self.dir.mkdir(parents=True, exist_ok=True)
-        servers = "\n".join(f"    server {name} {addr} check inter 500 fall 2 rise 1"
-                            for name, addr in self.servers.items())
+        proxies = "".join(PROXY.format(
+            backend=name, address=self.address, port=port,
+            servers="\n".join(f"    server {s} {addr} check inter 500 fall 2 rise 1"
+                              for s, addr in servers.items()))
+            for name, (port, servers) in self.backends.items())
         cfg = self.dir / "haproxy.cfg"
-        cfg.write_text(CONFIG.format(socket=self.socket, address=self.address, port=self.port,
-                                     backend=self.backend, servers=servers))
+        cfg.write_text(CONFIG.format(socket=self.socket, proxies=proxies))
         check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
         if check.returncode:
             raise HAProxyError(f"bad haproxy config:\n{check.stdout}{check.stderr}")
@@ -101,11 +105,12 @@ class HAProxy:
                 if r.get("pxname")}
 
     def wait_up(self, timeout: float = 30) -> None:
-        """Until every server of the backend passes its health check."""
+        """Until every server of every backend passes its health check."""
         deadline = time.monotonic() + timeout
         while True:
             rows = self.stats()
-            states = {n: rows.get((self.backend, n), {}).get("status") for n in self.servers}
+            states = {(b, n): rows.get((b, n), {}).get("status")
+                      for b, (_, servers) in self.backends.items() for n in servers}
             if all(s == "UP" for s in states.values()):
                 return
             if time.monotonic() > deadline:

@@ -46,7 +46,9 @@ def zd(fleet, wheelhouse, tmp_path_factory):
     data["services"] = {SVC: {
         "kind": "flask", "repo": str(repos["skiff"].origin), "role": "web",
         "app": "skiff.app:app", "port": PORT, "workers": 2, "graceful_timeout": 5,
-        "env": {"ZD_COLOUR": "blue"}}}
+        "env": {"ZD_COLOUR": "blue"},
+        # Canary, then the rest: still two waves with a gate, in less wall time.
+        "rollout": [1, "100%"]}}
     config = tmp / "services.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     env = shared.Env(dir=tmp, config=config, samples=repos, fleet=fleet)
@@ -144,7 +146,7 @@ def haproxy(zd, tmp_path_factory):
     `lb:` points at its admin socket through web-0, reached over SSH like any host."""
     address = f"127.0.0.{fleet_mod.first_octet() + 8}"
     servers = {h: f"{zd.host(h).address}:{PORT}" for h in HOSTS}
-    with HAProxy(tmp_path_factory.mktemp("haproxy"), address, LB_PORT, "zd", servers) as lb:
+    with HAProxy(tmp_path_factory.mktemp("haproxy"), address, {"zd": (LB_PORT, servers)}) as lb:
         zd.data["services"][SVC]["lb"] = {"host": "web-0", "socket": lb.socket,
                                           "backend": "zd", "drain_timeout": 10}
         write(zd)
@@ -173,7 +175,7 @@ def test_through_haproxy_without_a_failed_request(zd, haproxy, case):
         zd.data["services"][SVC]["env"]["ZD_COLOUR"] = "red"
         write(zd)
     before = haproxy.stats()
-    proc, stats = under_load(zd, args, urls=[haproxy.url])
+    proc, stats = under_load(zd, args, urls=[haproxy.url("zd")])
     # Every host was taken out of the pool for its restart and put back.
     for h in HOSTS:
         assert f"{h}: drained on web-0" in proc.stdout, proc.stdout
