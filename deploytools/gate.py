@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 import requests
 
-from . import health, probe
+from . import health, lb, probe
 from .errors import HealthGateFailed
 from .inventory import each
 from .script import q
@@ -139,10 +139,13 @@ def bake(fleet, service, new: list[str], old: list[str], say) -> health.Verdict:
     try:
         began = time.time()
         # Where each log stands now: lines after it that fall in the window are counted.
-        logs = AccessLogs(fleet, service, new + old)
+        if settings.source == "logs":
+            logs = AccessLogs(fleet, service, new + old)
         time.sleep(max(0.0, settings.warmup - (time.time() - began)))
         # Whole seconds (see the module docstring); the bake is rounded up to them.
         start = math.ceil(time.time())
+        if settings.source == "haproxy":  # its counters from now on (lb.py)
+            logs = lb.Counters(service, fleet.config, new + old)
         deadline = start + math.ceil(settings.bake)
         step = max(1.0, settings.bake / 4)
         extensions = 0

@@ -23,7 +23,8 @@ import threading
 import time
 from contextlib import contextmanager
 
-from .errors import DeployError
+from .errors import DeployError, HealthGateFailed
+from .health import Counts
 from .inventory import target_for
 from . import handoff
 from .script import facts, q
@@ -250,3 +251,30 @@ def states_or_error(service, config, hosts: list[str]) -> dict[str, str] | None:
     except DeployError as e:
         why = f"unreachable ({e.message.splitlines()[0][:40]})"
         return {h: why for h in hosts}
+
+
+class Counters:
+    """`gate.source: haproxy`: each host's requests and errors (5xx answers, connection
+    and response errors) counted by HAProxy since this object was made. The same
+    interface as gate.AccessLogs; the window is from the snapshot to each call."""
+
+    def __init__(self, service, config, names: list[str]):
+        self.service, self.config = service, config
+        self.base = self._read(names)
+
+    def _read(self, names: list[str]) -> dict[str, dict[str, int]]:
+        try:
+            with connect(self.service, self.config) as balancer:
+                return balancer.counters(names)
+        except DeployError as e:
+            raise HealthGateFailed("cannot read HAProxy's counters, so the gate has no "
+                                   f"evidence: {e}") from None
+
+    def counts(self, names, start=None, end=None):
+        now = self._read(list(names))
+        out = {}
+        for n in names:
+            a, b = self.base.get(n, {}), now[n]
+            errors = sum(b[k] - a.get(k, 0) for k in ("hrsp_5xx", "econ", "eresp"))
+            out[n] = Counts(max(0, errors), max(0, b["requests"] - a.get("requests", 0)))
+        return out

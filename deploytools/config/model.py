@@ -196,6 +196,11 @@ class Gate(Declared):
     probe_interval: float = setting(
         NUMBER, 0.2, all_of(positive, at_most(3600, "seconds")),
         "Seconds between the tool's own probes of each new host during the bake.")
+    source: str = setting(
+        STR, "logs", one_of("logs", "haproxy"),
+        "Where the gate counts requests and errors besides its own probes: `logs`, each "
+        "host's access log; `haproxy`, HAProxy's per-server counters (`lb:` required): "
+        "responses 5xx, connection and response errors, as the load balancer saw them.")
 
 
 @dataclass(frozen=True)

@@ -311,6 +311,10 @@ def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, An
             r.fail(f"{where}.lb.host", f"unknown host {v['lb']['host']!r}; declared hosts: "
                    f"{', '.join(hosts)}.{did_you_mean(v['lb']['host'], hosts)}", lb_line)
         v["lb"] = Lb(**_fill(LB, v["lb"]))
+    if given.get("gate", {}).get("source", defaults.get("gate", {}).get("source")) == "haproxy" \
+            and v["lb"] is None:
+        r.fail(f"{where}.gate.source", "haproxy needs an lb: block (which HAProxy, which "
+                                       "backend) for this service.", lines.get("gate", line))
     for key in ("migrate", "collectstatic"):
         if v[key] is DJANGO_ONLY:
             v[key] = kind == "django"

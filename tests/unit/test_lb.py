@@ -158,3 +158,13 @@ def test_restart_needed_script_quotes_the_release():
     assert shlex.quote("r'1") in script
     assert handoff.restart_needed_script(cfg.service("tool"), "/srv/tool", "r1") == \
         "echo '@@restart yes'\n"
+
+
+def test_gate_source_haproxy_needs_lb():
+    with pytest.raises(ConfigError) as info:
+        parse(CONFIG % ("    gate: {source: haproxy}", ""))
+    assert "haproxy needs an lb: block" in str(info.value)
+    cfg = parse(CONFIG % ("    gate: {source: haproxy}\n"
+                          "    lb: {host: lb-0, socket: /s, backend: skiff}", ""))
+    assert cfg.service("skiff").gate.source == "haproxy"
+    assert cfg.service("tool").gate.source == "logs"
