@@ -48,7 +48,9 @@ def zd(fleet, wheelhouse, tmp_path_factory):
         "app": "skiff.app:app", "port": PORT, "workers": 2, "graceful_timeout": 5,
         "env": {"ZD_COLOUR": "blue"},
         # Canary, then the rest: still two waves with a gate, in less wall time.
-        "rollout": [1, "100%"]}}
+        "rollout": [1, "100%"],
+        # Every case deploys v3 again: keep the v2 release a rollback goes back to.
+        "keep_releases": 10}}
     config = tmp / "services.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     env = shared.Env(dir=tmp, config=config, samples=repos, fleet=fleet)
@@ -149,10 +151,13 @@ def haproxy(zd, tmp_path_factory):
     with HAProxy(tmp_path_factory.mktemp("haproxy"), address, {"zd": (LB_PORT, servers)}) as lb:
         zd.data["services"][SVC]["lb"] = {"host": "web-0", "socket": lb.socket,
                                           "backend": "zd", "drain_timeout": 10}
+        # The gate counts what HAProxy saw (the load goes through it, not to the hosts).
+        zd.data["services"][SVC]["gate"] = {"source": "haproxy"}
         write(zd)
         lb.wait_up()
         yield lb
         zd.data["services"][SVC].pop("lb")
+        zd.data["services"][SVC].pop("gate")
         write(zd)
 
 
@@ -189,3 +194,8 @@ def test_through_haproxy_without_a_failed_request(zd, haproxy, case):
                 (case, name, counter, rows[("zd", name)])
     served = int(rows[("zd", "BACKEND")]["stot"]) - int(before[("zd", "BACKEND")]["stot"])
     assert served >= MIN_REQUESTS
+    if case != "hard restart" and case != "rollback across virtualenvs":
+        # A deploy: its canary gate judged HAProxy's counts of the canary (web-0).
+        gates = zd.history("web-0", SVC)[-1]["gates"]
+        assert gates[0]["outcome"] == "pass" or gates[0]["figures"]["e_c"] == 0
+        assert gates[0]["figures"]["hosts"]["web-0"]["log"][1] > 0
