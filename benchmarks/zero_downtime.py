@@ -83,7 +83,8 @@ def main() -> int:
             "ssh": fl.ssh_config_yaml(), "hosts": fl.hosts_yaml(), "roles": {"web": names},
             "defaults": {"pip_args": f"--no-index --find-links {wheels}",
                          "health": {"timeout": 30, "interval": 0.2}, "gate": GATE,
-                         "rollout": [1, "50%", "100%"]},
+                         "keep_releases": 10,
+                         "rollout": [1, "100%"]},
             "services": {svc: dict(settings, repo=str(repo.origin), role="web", port=port,
                                    graceful_timeout=5, env={"ZD_COLOUR": "blue"})
                          for svc, (port, _, settings) in SERVICES.items()}}
@@ -150,15 +151,15 @@ def main() -> int:
                 base = repo.commit(f"bench: code-only change ({svc}, lb={lb})",
                                    {"NOTES.md": f"{svc} {lb}\n"}, branch=f"bench-{svc}-{lb}",
                                    base="v2")
-                measure(svc, "reload", lb, f"deploy:{svc},ref={base}")
-                measure(svc, "new requirement", lb, f"deploy:{svc},ref=v3")
+                measure(svc, "reload", lb, f"deploy:{svc},ref={base},force=true")
+                measure(svc, "new requirement", lb, f"deploy:{svc},ref=v3,force=true")
                 data["services"][svc]["env"]["ZD_COLOUR"] = f"green-{lb}"
                 write(lb)
                 measure(svc, "env change", lb, f"deploy:{svc},ref=v3,force=true")
                 measure(svc, "hard restart", lb, f"restart:{svc},hard=true")
                 measure(svc, "rollback", lb, f"rollback:{svc}")
             for svc in ("zdcmdfd", "zdcmd"):
-                measure(svc, "kind command", lb, f"deploy:{svc},ref={'v2' if not lb else 'v3'}")
+                measure(svc, "kind command", lb, f"deploy:{svc},ref={'v2' if not lb else 'v3'},force=true")
         haproxy.stop()
     bad = [r for r in rows if r["failures"] and (r["socket"] == "inherit" or r["via"] == "HAProxy")]
     print(f"\nrows that lost requests where none may be lost: {len(bad)}")
