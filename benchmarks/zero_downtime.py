@@ -26,6 +26,7 @@ lost a request. Needs the wheelhouse that scripts/test builds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -69,7 +70,7 @@ def main() -> int:
     args = ap.parse_args()
     wheels = fleet_mod.build_wheelhouse(fleet_mod.default_wheelhouse(), fleet_mod.TEST_REQUIREMENTS)
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp, \
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp, \
             fleet_mod.Fleet(Path(tmp), n=args.hosts, prefix="zd",
                             first_octet=args.first_octet) as fl:
         tmp = Path(tmp)
@@ -78,7 +79,8 @@ def main() -> int:
         lb_address = f"127.0.0.{args.first_octet + args.hosts + 4}"
         backends = {svc: (lb_port, {h.name: f"{h.address}:{port}" for h in fl.hosts})
                     for svc, (port, lb_port, _) in SERVICES.items()}
-        haproxy = HAProxy(tmp / "haproxy", lb_address, backends).start()
+        haproxy = HAProxy(tmp / "haproxy", lb_address, backends)
+        stack.enter_context(haproxy)  # stopped (by its pid) whatever happens
         data = {
             "ssh": fl.ssh_config_yaml(), "hosts": fl.hosts_yaml(), "roles": {"web": names},
             "defaults": {"pip_args": f"--no-index --find-links {wheels}",
@@ -160,7 +162,6 @@ def main() -> int:
                 measure(svc, "rollback", lb, f"rollback:{svc}")
             for svc in ("zdcmdfd", "zdcmd"):
                 measure(svc, "kind command", lb, f"deploy:{svc},ref={'v2' if not lb else 'v3'},force=true")
-        haproxy.stop()
     bad = [r for r in rows if r["failures"] and (r["socket"] == "inherit" or r["via"] == "HAProxy")]
     print(f"\nrows that lost requests where none may be lost: {len(bad)}")
     if args.json:
