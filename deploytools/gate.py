@@ -22,10 +22,9 @@ from datetime import datetime, timezone
 
 import requests
 
-from . import health, probe
+from . import health, probe, render
 from .errors import HealthGateFailed
 from .inventory import each
-from .script import q
 
 
 class Prober:
@@ -70,15 +69,13 @@ class Prober:
 
 
 def log_size_script(path: str) -> str:
-    return f"stat -c %s {q(path)} 2>/dev/null || echo 0"
+    """Prints the log's size in bytes (0 when absent)."""
+    return render.render_script("log_size.sh.j2", path=path)
 
 
 def log_read_script(path: str, offset: int) -> str:
     """The log from byte `offset` on; all of it if it shrank (rotated); nothing if absent."""
-    p = q(path)
-    return (f"[ -f {p} ] || exit 0\n"
-            f"off={int(offset)}; [ \"$(stat -c %s {p})\" -ge \"$off\" ] || off=0\n"
-            f"tail -c +$((off + 1)) {p}\n")
+    return render.render_script("log_read.sh.j2", path=path, offset=int(offset))
 
 
 class AccessLogs:

@@ -339,7 +339,7 @@ def test_the_tag_push_failing_after_a_good_rollout(faults):
         hook.unlink()
     assert r.returncode == 3, (r.stdout, r.stderr)
     assert "is live on every host" in r.stderr and "tags are frozen today" in r.stderr
-    assert f"fab deploy:{SVC},ref={faults.sha('v3')}" in r.stderr
+    assert f"deploytools deploy:{SVC},ref={faults.sha('v3')}" in r.stderr
     assert faults.revisions() == {h: faults.sha("v3") for h in HOSTS}
     assert faults.production() == before["production"] and faults.tags() == before["tags"]
     assert faults.locked() == []
