@@ -413,7 +413,7 @@ class SSHTarget(Target):
                                    host=self.name) from None
         if not done:
             chan.close()
-            return Result(self.name, program, out.decode("utf-8", "replace"),
+            return Result(self.name, program, bytes(out).decode("utf-8", "replace"),
                           f"timed out after {timeout:g}s (ssh.command_timeout): "
                           f"{self.describe()} stopped answering", 124)
         status = chan.exit_status
