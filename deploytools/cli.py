@@ -1,12 +1,14 @@
-"""The `fab` program: fabric's Fab, plus the classic Fabric 1 syntax.
+"""The `deploytools` program: fabric's Fab, plus our tasks and the classic Fabric 1 syntax.
 
-    fab host:web-0 deploy:airship,ref=v2 restart:airship     # classic
-    fab -H web-0 deploy airship --ref v2 restart airship      # modern
+    deploytools host:web-0 deploy:airship,ref=v2 restart:airship     # classic
+    deploytools -H web-0 deploy airship --ref v2 restart airship      # modern
 
 Both are rewritten to the same invoke task calls: `normalize_argv` pulls our
 global flags out of anywhere on the line and turns `-H x` into the `host`
 task; `parse_tasks` (once the fabfile is loaded) turns `task:a,k=v` into
 `task a --k=v`, and `smart_deploy` into invoke's dashed `smart-deploy`.
+The tasks are ours (deploytools.tasks) plus those of the fabfile found from
+the working directory, if any; on a name clash the fabfile's task wins.
 Only `run` prints errors and picks the exit code.
 """
 from __future__ import annotations
@@ -23,13 +25,12 @@ from invoke import Argument, Collection
 from invoke.exceptions import Exit, ParseError, UnexpectedExit
 
 from . import __version__
-from . import session as session_mod
-from .errors import DeployError, EXIT_USAGE
-from .inventory import connection_pool
+from . import tasks as our_tasks
+from .booleans import FALSE as _FALSE, TRUE as _TRUE
+from .errors import DeployError, EXIT_USAGE, UsageError
+from .session import Session, attach
 
 _CLASSIC = re.compile(r"^(?P<task>[A-Za-z_][\w.-]*):(?P<args>.*)$")
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
 
 
 def split_classic_args(text: str) -> list[str]:
@@ -54,7 +55,7 @@ def split_classic_args(text: str) -> list[str]:
 def extract_globals(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     """Split argv[1:] into (our global flags, host tokens from -H, the rest).
 
-    Our flags may appear anywhere (`fab smart_deploy:airship --json` is what a
+    Our flags may appear anywhere (`deploytools smart_deploy:airship --json` is what a
     CI job writes); invoke only accepts core flags before the first task.
     """
     flags, hosts, rest = [], [], []
@@ -131,9 +132,30 @@ def rewrite_classic(tokens: list[str], collection: Collection) -> list[str]:
     return out
 
 
+def merge_collections(ours: Collection, theirs: Collection) -> tuple[Collection, list[str]]:
+    """Our tasks next to those of the user's fabfile: (the collection, the names of ours
+    that a different task of theirs replaces). A fabfile that imports our task under its
+    own name (`from deploytools.tasks import *`) is no clash."""
+    merged = Collection(loaded_from=theirs.loaded_from, auto_dash_names=theirs.auto_dash_names)
+    replaced = []
+    for name, task in ours.tasks.items():
+        mine = theirs.tasks.get(name, theirs.collections.get(name))
+        if mine is None:
+            merged.add_task(task, name=name)
+        elif mine is not task:
+            replaced.append(name)
+    for name, task in theirs.tasks.items():
+        merged.add_task(task, name=name)
+    for name, sub in theirs.collections.items():
+        merged.add_collection(sub, name=name)
+    merged.configure(theirs.configuration())
+    merged.default = theirs.default
+    return merged, replaced
+
+
 class DeployProgram(Fab):
     def __init__(self):
-        super().__init__(name="deploytools", binary="fab", binary_names=["fab", "deploytools"],
+        super().__init__(name="deploytools", binary="deploytools", binary_names=["deploytools"],
                          version=__version__, executor_class=invoke.Executor,
                          config_class=FabricConfig)
         self._debug = False
@@ -164,20 +186,36 @@ class DeployProgram(Fab):
         super().parse_tasks()
 
     def load_collection(self):
+        ours = Collection.from_module(our_tasks, auto_dash_names=self.config.tasks.auto_dash_names)
         try:
-            super().load_collection()
+            super().load_collection()  # the fabfile above the working directory, if any
         except Exit:
-            # No fabfile/ above the working directory: use the one we ship.
-            import fabfile
-            self.collection = Collection.from_module(fabfile)
+            self.collection = ours
+            return
+        except Exception as e:  # the user's fabfile raised while being imported
+            raise UsageError(f"the fabfile found from {os.getcwd()} could not be loaded "
+                             f"({type(e).__name__}: {e}). Fix it, or run deploytools from a "
+                             "directory without one; --debug shows the traceback.") from e
+        self.collection, replaced = merge_collections(ours, self.collection)
+        if replaced:
+            names = ", ".join(replaced)
+            print(f"deploytools: your fabfile's {names} replace{'s' if len(replaced) == 1 else ''} "
+                  f"ours of the same name (ours: from deploytools.tasks import "
+                  f"{', '.join(n.replace('-', '_') for n in replaced)})", file=sys.stderr)
 
     def execute(self):
-        json_mode = bool(self.args["json"].value) or os.environ.get("DEPLOYTOOLS_JSON") in _TRUE
-        session_mod.begin(config_path=self.args["services"].value or os.environ.get("DEPLOYTOOLS_CONFIG"),
+        json_mode = bool(self.args["json"].value) or \
+            (os.environ.get("DEPLOYTOOLS_JSON") or "").lower() in _TRUE
+        session = Session(config_path=self.args["services"].value
+                          or os.environ.get("DEPLOYTOOLS_CONFIG"),
                           json_mode=json_mode, debug=self._debug,
                           lock_wait=float(self.args["lock-wait"].value or 0))
-        with connection_pool():
+        # In the context every task receives: ours, and the user's tasks that call ours.
+        attach(self.config, session)
+        try:
             super().execute()
+        finally:
+            session.close()  # one connection per host for the whole command line
 
     def run(self, argv=None, exit=True):
         try:
@@ -192,8 +230,8 @@ class DeployProgram(Fab):
             self.update_config()
             self.execute()
         except ParseError as e:
-            _fail(f"{str(e).rstrip('.!')}. Run `fab --list` for the tasks and `fab --help TASK` for one task's "
-                  "arguments.", EXIT_USAGE)
+            _fail(f"{str(e).rstrip('.!')}. Run `deploytools --list` for the tasks and "
+                  "`deploytools --help TASK` for one task's arguments.", EXIT_USAGE)
         except Exit as e:
             if e.message:
                 print(e.message, file=sys.stderr)

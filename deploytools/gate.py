@@ -22,10 +22,9 @@ from datetime import datetime, timezone
 
 import requests
 
-from . import health, lb, probe
-from .errors import HealthGateFailed
+from . import health, lb, probe, render
+from .errors import DeployError, HealthGateFailed
 from .inventory import each
-from .script import q
 
 
 class Prober:
@@ -70,15 +69,13 @@ class Prober:
 
 
 def log_size_script(path: str) -> str:
-    return f"stat -c %s {q(path)} 2>/dev/null || echo 0"
+    """Prints the log's size in bytes (0 when absent)."""
+    return render.render_script("log_size.sh.j2", path=path)
 
 
 def log_read_script(path: str, offset: int) -> str:
     """The log from byte `offset` on; all of it if it shrank (rotated); nothing if absent."""
-    p = q(path)
-    return (f"[ -f {p} ] || exit 0\n"
-            f"off={int(offset)}; [ \"$(stat -c %s {p})\" -ge \"$off\" ] || off=0\n"
-            f"tail -c +$((off + 1)) {p}\n")
+    return render.render_script("log_read.sh.j2", path=path, offset=int(offset))
 
 
 class AccessLogs:
@@ -115,6 +112,33 @@ class AccessLogs:
                 for n, text in texts.items()}
 
 
+class HAProxyCounts:
+    """`gate.source: haproxy`: each host's requests and errors (5xx answers, connection
+    and response errors) counted by HAProxy since this object was made. The same
+    interface as AccessLogs; the window runs from the snapshot to each call."""
+
+    def __init__(self, service, config, names: list[str]):
+        self.service, self.config = service, config
+        self.base = self._read(names)
+
+    def _read(self, names: list[str]) -> dict[str, dict[str, int]]:
+        try:
+            with lb.connect(self.service, self.config) as balancer:
+                return balancer.counters(names)
+        except DeployError as e:
+            raise HealthGateFailed("cannot read HAProxy's counters, so the gate has no "
+                                   f"evidence: {e}") from None
+
+    def counts(self, names, start=None, end=None) -> dict[str, health.Counts]:
+        now = self._read(list(names))
+        out = {}
+        for n in names:
+            a, b = self.base.get(n, {}), now[n]
+            errors = sum(b[k] - a.get(k, 0) for k in ("hrsp_5xx", "econ", "eresp"))
+            out[n] = health.Counts(max(0, errors), max(0, b["requests"] - a.get("requests", 0)))
+        return out
+
+
 def pool(counts: dict, names) -> health.Counts:
     """The counts of `names` added up (hosts of a wave, log plus probes)."""
     return sum((counts[n] for n in names), health.Counts(0, 0))
@@ -145,7 +169,7 @@ def bake(fleet, service, new: list[str], old: list[str], say) -> health.Verdict:
         # Whole seconds (see the module docstring); the bake is rounded up to them.
         start = math.ceil(time.time())
         if settings.source == "haproxy":  # its counters from now on (lb.py)
-            logs = lb.Counters(service, fleet.config, new + old)
+            logs = HAProxyCounts(service, fleet.config, new + old)
         deadline = start + math.ceil(settings.bake)
         step = max(1.0, settings.bake / 4)
         extensions = 0

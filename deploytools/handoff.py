@@ -13,18 +13,11 @@ and the tool says so when it restarts one.
 """
 from __future__ import annotations
 
-from .script import q
-
-def socket_mode(service) -> str:
-    """`inherit` or `bind` for a service (its `socket` setting, else by kind)."""
-    mode = getattr(service, "socket", None)
-    if mode:
-        return mode
-    return "bind" if service.kind == "command" else "inherit"
-
+from . import render
 
 def inherits(service) -> bool:
-    return socket_mode(service) == "inherit"
+    """Does supervisord hold the service's socket (`socket: inherit`)?"""
+    return service.socket == "inherit"
 
 
 def target(service) -> str:
@@ -35,15 +28,7 @@ def target(service) -> str:
 
 def restart_needed_script(service, dir: str, release: str | None) -> str:
     """Read-only: will activating `release` restart the program rather than reload it?
-    The same tests as the activation (releases.activate_script). Prints `@@restart yes|no`."""
+    Prints `@@restart yes|no`."""
     if release is None or service.reload_signal == "restart":
         return "echo '@@restart yes'\n"
-    r = f"releases/{q(release)}"
-    return f"""
-cd {q(dir)}
-r=no
-[ "$(readlink -f current/.deploy/venv 2>/dev/null)" = "$(readlink -f {r}/.deploy/venv)" ] || r=yes
-cmp -s current/.deploy/env {r}/.deploy/env 2>/dev/null || r=yes
-if [ -f etc/supervisord.conf.next ] && ! cmp -s etc/supervisord.conf.next etc/supervisord.conf; then r=yes; fi
-echo "@@restart $r"
-"""
+    return render.render_script("restart_needed.sh.j2", dir=dir, release=release)

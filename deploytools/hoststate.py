@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from . import handoff, supervisor
+from . import render, supervisor
 from .errors import DeployError, errors_text
-from .script import q
 from .inventory import each
 
 
@@ -26,18 +25,9 @@ class HostState:
 
 
 def inspect_script(service, dir: str) -> str:
-    """Read-only: the live release, the releases on disk, the live manifest, the process."""
-    ctl = supervisor.ctl(dir)
-    return f"""
-cd {q(dir)} 2>/dev/null || {{ echo "@@missing 1"; exit 0; }}
-echo "@@current $(basename "$(readlink current 2>/dev/null)" 2>/dev/null)"
-for r in releases/*/; do r=${{r%/}}; [ -f "$r/.deploy/staged" ] && echo "@@release ${{r#releases/}}"; [ -f "$r/.deploy/rejected" ] && echo "@@rejected ${{r#releases/}}"; done
-if [ -f current/.deploy/manifest.json ]; then printf '@@manifest %s\\n' "$(tr -d '\\n' < current/.deploy/manifest.json)"; fi
-if [ -x tools/bin/supervisorctl ] && [ -S run/supervisor.sock ]; then
-  {ctl} status {q(handoff.target(service))} 2>&1 | sed 's/^/@@status /' || true
-fi
-true
-"""
+    """Read-only: the live release, the releases on disk, the live manifest, the
+    process. `parse_inspect` reads what it prints."""
+    return render.render_script("inspect.sh.j2", service=service, dir=dir)
 
 
 def parse_inspect(stdout: str, service_name: str) -> HostState:

@@ -2,25 +2,32 @@
 
 `SSHTarget` (fabric/paramiko) and `LocalTarget` (subprocess, for `local: true`
 demo hosts) override only what differs. Nothing else in deploytools opens a
-connection. One connection per host is opened lazily and reused for the whole
-command.
+connection. A connection is opened lazily, along the route the ssh config gives
+(`ssh_route`), and kept by its Fleet, or by the session's Pool for the whole
+command line.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import select
 import shlex
 import signal
 import socket
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 from .errors import ConnectionFailed, DeployError, RemoteCommandError
+
+# paramiko logs a failed handshake (with a traceback) through logging's last-resort
+# handler, before our one-paragraph error says the same thing: keep it quiet.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 
@@ -43,8 +50,40 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join("    " + line for line in kept)
 
 
+# The only command line a host ever sees: the script itself comes on stdin.
+REMOTE_SHELL = "bash -s"
+
+
+def stdin_program(script: str) -> str:
+    """What `bash -s` reads on stdin to run `script` (bash, -e -u -o pipefail).
+
+    Scripts reach hosts on stdin, never in argv (as Ansible's pipelining does):
+    a command line is readable by every local user in /proc/PID/cmdline, and a
+    script carries file contents, the env file's secrets included. The script
+    is one brace group, so bash parses all of it before it runs any of it (a
+    transfer cut short runs nothing) and runs it with stdin from /dev/null (no
+    command in it can read the rest of the script as its input).
+    """
+    return "{\nset -euo pipefail\n" + script.rstrip("\n") + "\n} </dev/null\n"
+
+
+def stream_program(script: str) -> str:
+    """Like `stdin_program`, for `stream`: the script runs in the background while
+    the shell waits for its stdin to close, which happens when the controller stops
+    following (or goes away); then it ends the whole process group, so a quiet
+    `tail -F` never outlives us. No pty is needed for that, so nothing is echoed."""
+    return ("{\n(\nset -euo pipefail\n" + script.rstrip("\n") + "\n) </dev/null &\n"
+            "child=$!\n"
+            "(cat >/dev/null 2>&1; kill -TERM 0) <&0 >/dev/null 2>&1 &\n"
+            "rc=0\nwait \"$child\" || rc=$?\nexit \"$rc\"\n} 2>&1\n")
+
+
 class Target:
     """A host we can run shell scripts on. Subclasses implement `_exec`, `put`, `get`."""
+
+    # Seconds a step may take when the caller gives no timeout (ssh.command_timeout).
+    default_timeout: float | None = None
+    unresponsive: str | None = None  # why this host is not asked again (SSH only)
 
     def __init__(self, host):
         self.host = host  # config.Host
@@ -52,13 +91,19 @@ class Target:
 
     def run(self, script: str, *, check: bool = True, timeout: float | None = None,
             what: str = "") -> Result:
-        """Run `script` with bash (-e -u -o pipefail) and return its Result.
+        """Run `script` with bash (-e -u -o pipefail), sent on its stdin, and return
+        its Result. It may take `timeout` seconds (default: ssh.command_timeout);
+        then it counts as failed with exit 124, "timed out".
 
         With check, a non-zero exit raises RemoteCommandError whose message
         carries the last lines of output, so the CLI can say what failed.
         """
-        body = "set -euo pipefail\n" + script
-        result = self._exec(body, timeout)
+        result = self._exec(stdin_program(script),
+                            timeout if timeout is not None else self.default_timeout)
+        if result.exited == 124 and timeout is None and self.default_timeout:
+            # The step's own bound (not a caller's short one, such as a heartbeat's).
+            self.unresponsive = f"a step timed out after {self.default_timeout:g}s"
+        result = Result(result.host, script, result.stdout, result.stderr, result.exited)
         if check and not result.ok:
             output = result.stderr.strip() or result.stdout.strip()
             raise RemoteCommandError(
@@ -67,7 +112,8 @@ class Target:
                 stderr=result.stderr, exited=result.exited)
         return result
 
-    def _exec(self, script: str, timeout: float | None) -> Result:
+    def _exec(self, program: str, timeout: float | None) -> Result:
+        """Run `bash -s` with `program` on its stdin (then EOF)."""
         raise NotImplementedError
 
     def stream(self, script: str, on_line: Callable[[str], None], *,
@@ -93,13 +139,14 @@ class Target:
 class LocalTarget(Target):
     """A `local: true` host: commands run on this machine, in its own root."""
 
-    def _exec(self, script: str, timeout: float | None) -> Result:
+    def _exec(self, program: str, timeout: float | None) -> Result:
         try:
-            proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(shlex.split(REMOTE_SHELL), input=program, capture_output=True,
+                                  text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
-            return Result(self.name, script, e.stdout or "", f"timed out after {timeout}s", 124)
-        return Result(self.name, script, proc.stdout, proc.stderr, proc.returncode)
+            out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else e.stdout
+            return Result(self.name, program, out or "", f"timed out after {timeout}s", 124)
+        return Result(self.name, program, proc.stdout, proc.stderr, proc.returncode)
 
     def put(self, data: bytes | str, path: str, mode: int = 0o644) -> None:
         raw = data.encode() if isinstance(data, str) else data
@@ -114,9 +161,14 @@ class LocalTarget(Target):
 
     def stream(self, script, on_line, *, stop=None):
         # Its own session, so stopping kills the whole script, not just bash.
-        proc = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + script],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(shlex.split(REMOTE_SHELL), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.stdin.write(stdin_program(script).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it exited already; its status says why
         fd = proc.stdout.fileno()
 
         def read():
@@ -135,18 +187,94 @@ class LocalTarget(Target):
         return proc.returncode if finished else None
 
 
-class SSHTarget(Target):
-    """A host reached over SSH with strict host key checking."""
+@dataclass(frozen=True)
+class Hop:
+    """One SSH connection to make: where (after the ssh config), as whom, with which keys."""
+    name: str  # what it is called: the host's address, or a ProxyJump entry
+    hostname: str
+    port: int
+    user: str | None
+    key_files: tuple[str, ...]  # empty: your agent and default keys
 
-    def __init__(self, host, ssh):
+    def describe(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        alias = f"{self.name} = " if self.name != self.hostname else ""
+        return f"{alias}{user}{self.hostname}:{self.port}"
+
+
+def load_ssh_config(path: str):
+    """The parsed OpenSSH client config at `path` (an empty one if there is no file)."""
+    import paramiko
+    if not os.path.exists(path):
+        return paramiko.SSHConfig()
+    try:
+        return paramiko.SSHConfig.from_path(path)
+    except (OSError, UnicodeDecodeError, paramiko.ConfigParseError) as e:
+        raise ConnectionFailed(f"cannot read the ssh config {path}: {e}. Fix it, or point "
+                               "ssh.config_file in services.yaml elsewhere.") from None
+
+
+def _keys(found: dict) -> tuple[str, ...]:
+    return tuple(os.path.expanduser(k) for k in found.get("identityfile", ())
+                 if os.path.exists(os.path.expanduser(k)))
+
+
+def ssh_route(host, ssh, ssh_config) -> list[Hop]:
+    """The hops to `host`, bastions first, the host last, as OpenSSH would make them
+    from `ssh_config` (a paramiko.SSHConfig): services.yaml's port, user and identity
+    file win; then the ssh config's Port, User, IdentityFile, HostName; then 22."""
+    found = ssh_config.lookup(host.address)
+    explicit_keys = (host.identity_file,) if host.identity_file else ()
+    target = Hop(name=host.address, hostname=found.get("hostname", host.address),
+                 port=int(host.port or found.get("port", 22)),
+                 user=host.user or found.get("user"),
+                 key_files=explicit_keys or _keys(found))
+    if "proxycommand" in found:
+        raise ConnectionFailed(
+            f"the ssh config {ssh.config_file} gives {host.address} a ProxyCommand, which "
+            "deploytools does not run (its host key could not be checked): use ProxyJump.",
+            host=host.name)
+    jumps = found.get("proxyjump", "none")
+    hops = []
+    if jumps.lower() != "none":
+        for spec in jumps.split(","):
+            m = re.fullmatch(r"(?:ssh://)?(?:(?P<user>[^@]+)@)?(?P<host>\[[^]]+\]|[^:]+)"
+                             r"(?::(?P<port>\d+))?", spec.strip())
+            if not m:
+                raise ConnectionFailed(f"cannot read ProxyJump {spec!r} for {host.address} "
+                                       f"in {ssh.config_file}.", host=host.name)
+            name = m.group("host").strip("[]")
+            hop = ssh_config.lookup(name)
+            hops.append(Hop(name=name, hostname=hop.get("hostname", name),
+                            port=int(m.group("port") or hop.get("port", 22)),
+                            user=m.group("user") or hop.get("user"),
+                            key_files=_keys(hop) or ((ssh.identity_file,) if ssh.identity_file
+                                                     else ())))
+    if any((h.hostname, h.port) == (target.hostname, target.port) for h in hops):
+        hops = []  # a `Host *` ProxyJump also matches the bastion itself: no jump to itself
+    return hops + [target]
+
+
+class SSHTarget(Target):
+    """A host reached over SSH, through its ProxyJump bastions if the ssh config gives
+    some, with strict host key checking on every hop."""
+
+    def __init__(self, host, ssh, pool: "Pool | None" = None):
         super().__init__(host)
         self.ssh = ssh  # config.Ssh
+        self.default_timeout = ssh.command_timeout
+        self.pool = pool
+        # Set once a step timed out: a host that stopped answering is not asked again in
+        # this command (each ask would cost another timeout), it fails at once.
+        self.unresponsive: str | None = None
         self._conn = None
+        self._own_gateways: list = []  # the bastion connections of an unpooled target
         self._lock = threading.Lock()
 
     def describe(self) -> str:
         user = f"{self.host.user}@" if self.host.user else ""
-        return f"{self.name} ({user}{self.host.address}:{self.host.port})"
+        port = f":{self.host.port}" if self.host.port else ""
+        return f"{self.name} ({user}{self.host.address}{port})"
 
     def _connection(self):
         with self._lock:
@@ -155,64 +283,151 @@ class SSHTarget(Target):
             return self._conn
 
     def _open(self):
-        import paramiko
-        from fabric import Connection
+        hops = ssh_route(self.host, self.ssh, load_ssh_config(self.ssh.config_file))
+        gateway = None
+        for i, hop in enumerate(hops[:-1]):
+            def open_hop(hop=hop, via=gateway):
+                return self._connect(hop, via, what=f"the bastion {hop.describe()} of {self.name}")
+            if self.pool is not None:
+                gateway = self.pool.gateway((self.ssh, tuple(hops[:i + 1])), open_hop)
+            else:
+                gateway = open_hop()
+                self._own_gateways.append(gateway)
+        return self._connect(hops[-1], gateway, what=self.describe()
+                             if len(hops) == 1 else f"{self.name} ({hops[-1].describe()})")
 
-        key = self.host.identity_file or self.ssh.identity_file
-        connect_kwargs = {"look_for_keys": key is None, "allow_agent": key is None}
-        if key:
-            connect_kwargs["key_filename"] = [os.path.expanduser(key)]
-        conn = Connection(self.host.address, user=self.host.user, port=self.host.port,
-                          connect_timeout=self.ssh.connect_timeout,
-                          connect_kwargs=connect_kwargs)
+    def _connect(self, hop: Hop, gateway, *, what: str):
+        """One open fabric Connection to `hop` (through `gateway`), its host key checked
+        against our known_hosts, agent forwarding only if services.yaml asks for it."""
+        import paramiko
+        from fabric import Config as FabricConfig, Connection
+
+        connect_kwargs = {"look_for_keys": not hop.key_files, "allow_agent": not hop.key_files}
+        if hop.key_files:
+            connect_kwargs["key_filename"] = list(hop.key_files)
+        # An empty ssh config for fabric: we resolved the hop from the user's ourselves,
+        # and fabric's own ProxyJump handling would accept the bastion's key blindly.
+        conn = Connection(hop.hostname, user=hop.user, port=hop.port,
+                          config=FabricConfig(ssh_config=paramiko.SSHConfig()),
+                          gateway=gateway or False, forward_agent=self.ssh.forward_agent,
+                          connect_timeout=self.ssh.connect_timeout, connect_kwargs=connect_kwargs)
         # Fabric accepts unknown host keys by default; we never do.
         known_hosts = os.path.expanduser(self.ssh.known_hosts)
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         if os.path.exists(known_hosts):
             conn.client.load_host_keys(known_hosts)
+        keyscan_host = f"-p {hop.port} {hop.hostname}" if hop.port != 22 else hop.hostname
         try:
             conn.open()
+            if self.ssh.keepalive:  # a dead link is noticed, and NAT state kept alive
+                conn.transport.set_keepalive(self.ssh.keepalive)
         except paramiko.BadHostKeyException:
             raise ConnectionFailed(
-                f"the host key of {self.describe()} does not match the one in {known_hosts}. "
+                f"the host key of {what} does not match the one in {known_hosts}. "
                 "This may be an attack or a reinstalled server: check the key with its "
                 "administrator, then fix that known_hosts entry.", host=self.name) from None
         except paramiko.SSHException as e:
             if "not found in known_hosts" in str(e):
                 raise ConnectionFailed(
-                    f"{self.describe()} is not in {known_hosts} (strict host key checking is on). "
-                    f"After verifying its key, add it with: ssh-keyscan -p {self.host.port} "
-                    f"{self.host.address} >> {known_hosts}", host=self.name) from None
-            raise ConnectionFailed(f"could not log in to {self.describe()}: {e}. Check the "
-                                   "user and identity_file in services.yaml.",
-                                   host=self.name) from None
+                    f"{what} is not in {known_hosts} (strict host key checking is on, for "
+                    f"every hop). After verifying its key, add it with: ssh-keyscan "
+                    f"{keyscan_host} >> {known_hosts}", host=self.name) from None
+            raise ConnectionFailed(f"could not log in to {what}: {e}. Check the user and "
+                                   "identity_file in services.yaml (or User and IdentityFile "
+                                   f"in {self.ssh.config_file}).", host=self.name) from None
         except (OSError, socket.timeout, EOFError) as e:
             raise ConnectionFailed(
-                f"could not connect to {self.describe()}: {e}. Check that the host is up "
-                "and its address and port in services.yaml.", host=self.name) from None
+                f"could not connect to {what}: {e}. Check that the host is up and its address "
+                f"and port in services.yaml (or {self.ssh.config_file}).",
+                host=self.name) from None
         return conn
 
-    def _exec(self, script: str, timeout: float | None) -> Result:
-        conn = self._connection()
-        command = "bash -c " + shlex.quote(script)
+    def _session(self):
+        """A new channel on the host's connection. Nothing was sent when this fails
+        (`delivered=False`): the host is as it was."""
+        import paramiko
+        from paramiko.agent import AgentRequestHandler
+        if self.unresponsive:
+            raise ConnectionFailed(f"{self.describe()} stopped answering earlier in this command "
+                                   f"({self.unresponsive}); not asking it again",
+                                   host=self.name, delivered=False)
         try:
-            r = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
-        except Exception as e:  # invoke's CommandTimedOut, paramiko channel errors
-            from invoke.exceptions import CommandTimedOut
-            if isinstance(e, CommandTimedOut):
-                return Result(self.name, script, e.result.stdout, f"timed out after {timeout}s", 124)
+            conn = self._connection()
+            # fabric's create_session, with a bound: a frozen host never grants a channel.
+            chan = conn.transport.open_session(timeout=self.ssh.connect_timeout)
+            if self.ssh.forward_agent:
+                conn._agent_handler = AgentRequestHandler(chan)
+            return chan
+        except ConnectionFailed as e:
+            e.delivered = False
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            if isinstance(e, paramiko.SSHException) and "Timeout" in str(e):
+                self.unresponsive = f"no channel within {self.ssh.connect_timeout}s"
+            raise ConnectionFailed(f"lost the connection to {self.describe()}: "
+                                   f"{e or type(e).__name__}", host=self.name,
+                                   delivered=False) from None
+
+    def _exec(self, program: str, timeout: float | None) -> Result:
+        import paramiko
+        chan = self._session()
+        out, err = bytearray(), bytearray()
+
+        def send():
+            try:
+                chan.sendall(program.encode())
+                chan.shutdown_write()  # EOF: bash -s has the whole program
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the channel is gone: the readers see that
+
+        def drain(recv, into):
+            try:
+                while True:
+                    data = recv(65536)
+                    if not data:
+                        return
+                    into += data
+            except (OSError, EOFError, paramiko.SSHException):
+                return
+
+        threads = [threading.Thread(target=send, daemon=True),
+                   threading.Thread(target=drain, args=(chan.recv, out), daemon=True),
+                   threading.Thread(target=drain, args=(chan.recv_stderr, err), daemon=True)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            try:
+                chan.exec_command(REMOTE_SHELL)
+            except (OSError, EOFError, paramiko.SSHException) as e:
+                chan.close()
+                raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
+                                       host=self.name, delivered=False) from None
+            for t in threads:
+                t.start()
+            for t in threads[1:]:
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            done = not any(t.is_alive() for t in threads[1:]) and chan.status_event.wait(
+                None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            chan.close()
             raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
                                    host=self.name) from None
-        return Result(self.name, script, r.stdout, r.stderr, r.exited)
+        if not done:
+            chan.close()
+            return Result(self.name, program, bytes(out).decode("utf-8", "replace"),
+                          f"timed out after {timeout:g}s (ssh.command_timeout): "
+                          f"{self.describe()} stopped answering", 124)
+        status = chan.exit_status
+        transport = chan.get_transport()
+        chan.close()
+        if status == -1 and not (transport and transport.is_active()):
+            raise ConnectionFailed(f"lost the connection to {self.describe()} while it ran "
+                                   "a command", host=self.name)
+        return Result(self.name, program, out.decode("utf-8", "replace"),
+                      err.decode("utf-8", "replace"), status)
 
     def stream(self, script, on_line, *, stop=None):
         import paramiko
-        conn = self._connection()
-        try:
-            chan = conn.create_session()
-        except (OSError, EOFError, paramiko.SSHException) as e:
-            raise ConnectionFailed(f"lost the connection to {self.describe()}: {e}",
-                                   host=self.name) from None
+        chan = self._session()
 
         def read():
             try:
@@ -220,11 +435,12 @@ class SSHTarget(Target):
             except socket.timeout:
                 return None
         try:
-            # A pty, so closing the channel hangs up the remote command (sshd
-            # sends it SIGHUP); without one a quiet `tail -F` would outlive us.
-            chan.get_pty(term="dumb", width=4096)
             chan.settimeout(0.2)
-            chan.exec_command("bash -c " + shlex.quote("set -euo pipefail\n" + script))
+            chan.exec_command(REMOTE_SHELL)
+            # Sent, but stdin stays open: its EOF (our close) is what stops the script.
+            chan.settimeout(None)
+            chan.sendall(stream_program(script).encode())
+            chan.settimeout(0.2)
             finished = _pump(read, on_line, stop)
             return chan.recv_exit_status() if finished else None
         except (OSError, EOFError, paramiko.SSHException) as e:
@@ -249,6 +465,9 @@ class SSHTarget(Target):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        for gateway in reversed(self._own_gateways):
+            gateway.close()
+        self._own_gateways = []
 
 
 def _pump(read: Callable[[], bytes | None], on_line: Callable[[str], None],
@@ -270,38 +489,61 @@ def _pump(read: Callable[[], bytes | None], on_line: Callable[[str], None],
     return False
 
 
-def target_for(host, ssh) -> Target:
-    return LocalTarget(host) if host.local else SSHTarget(host, ssh)
+def target_for(host, ssh, pool: "Pool | None" = None) -> Target:
+    if not host.local:
+        return SSHTarget(host, ssh, pool=pool)
+    target = LocalTarget(host)
+    target.default_timeout = ssh.command_timeout
+    return target
 
 
-_POOL: dict | None = None
+class Pool:
+    """One target (so one connection) per host, and one per bastion, shared by every
+    Fleet of a command line; `close()` ends them all (Session.close does)."""
 
+    def __init__(self):
+        self._targets: dict = {}
+        self._gateways: dict = {}
+        self._lock = threading.Lock()
 
-@contextmanager
-def connection_pool():
-    """Within this block every Fleet reuses one connection per host, so a command
-    line of several tasks (`host:web-0 deploy:x restart:x`) connects once."""
-    global _POOL
-    outer, _POOL = _POOL, {}
-    try:
-        yield
-    finally:
-        pool, _POOL = _POOL, outer
-        for target in pool.values():
+    def target(self, host, ssh) -> Target:
+        with self._lock:
+            key = (host.name, host, ssh)
+            if key not in self._targets:
+                self._targets[key] = target_for(host, ssh, pool=self)
+            return self._targets[key]
+
+    def gateway(self, key, open_fn):
+        """The open connection to the bastion `key`, opened once with `open_fn()`."""
+        with self._lock:
+            entry = self._gateways.setdefault(key, [threading.Lock(), None])
+        with entry[0]:  # one opener per bastion; the others wait and reuse it
+            conn = entry[1]
+            if conn is None or not conn.is_connected:
+                entry[1] = conn = open_fn()
+            return conn
+
+    def close(self) -> None:
+        with self._lock:
+            targets, self._targets = list(self._targets.values()), {}
+            gateways, self._gateways = [e[1] for e in self._gateways.values()], {}
+        for target in targets:
             target.close()
+        for conn in gateways:
+            if conn is not None:
+                conn.close()
 
 
 class Fleet:
-    """The targets of one task: one connection per host, reused, closed at the end
-    (or, inside `connection_pool()`, at the end of the command line)."""
+    """The targets of one task. Unpooled (`Fleet(config, names)`): its own connections,
+    closed when the Fleet is. With a session's pool (`session.fleet(names)`): the
+    connections of the whole command line, closed with the session."""
 
-    def __init__(self, config, names: Iterable[str]):
+    def __init__(self, config, names: Iterable[str], *, pool: Pool | None = None):
         self.config = config
-        self.pooled = _POOL is not None
-        if self.pooled:
-            self.targets = {n: _POOL.setdefault((n, config.hosts[n]),
-                                                target_for(config.hosts[n], config.ssh))
-                            for n in names}
+        self.pooled = pool is not None
+        if pool is not None:
+            self.targets = {n: pool.target(config.hosts[n], config.ssh) for n in names}
         else:
             self.targets = {n: target_for(config.hosts[n], config.ssh) for n in names}
 

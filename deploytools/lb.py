@@ -23,31 +23,14 @@ import threading
 import time
 from contextlib import contextmanager
 
-from .errors import DeployError, HealthGateFailed
-from .health import Counts
+from .errors import DeployError
 from .inventory import target_for
-from . import handoff
-from .script import facts, q
+from . import handoff, render
+from .script import facts
 
 # HAProxy proxy and server names: letters, digits, '-', '_', '.', ':'.
 NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 NAME_RULE = "letters, digits, '-', '_', '.' and ':'"
-
-# Runs on the LB host: one command per stdin line, each on its own connection
-# (HAProxy's non-interactive mode answers one command and closes), each answer
-# followed by a `@@end` line.
-_CLIENT = (
-    "import socket,sys\n"
-    "for cmd in sys.stdin.read().splitlines():\n"
-    "    s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"
-    "    s.sendall(cmd.encode()+b'\\n'); out=b''\n"
-    "    while True:\n"
-    "        b=s.recv(65536)\n"
-    "        if not b: break\n"
-    "        out+=b\n"
-    "    s.close(); sys.stdout.write(out.decode('utf-8','replace')+'\\n@@end\\n')\n"
-)
-
 
 class LBError(DeployError):
     """The load balancer could not be driven (socket, command, drain timeout)."""
@@ -64,9 +47,8 @@ def command_script(socket_path: str, commands: list[str]) -> str:
     for c in commands:
         if "\n" in c or "\r" in c:
             raise LBError(f"an HAProxy command is one line: {c!r}")
-    body = "\n".join(commands) + "\n"
-    return (f"if [ ! -S {q(socket_path)} ]; then echo {q(f'no HAProxy admin socket at {socket_path}')} >&2; exit 1; fi\n"
-            f"printf %s {q(body)} | python3 -c {q(_CLIENT)} {q(socket_path)}\n")
+    return render.render_script("haproxy.sh.j2", socket=socket_path,
+                                commands="\n".join(commands) + "\n")
 
 
 def split_answers(stdout: str) -> list[str]:
@@ -252,29 +234,3 @@ def states_or_error(service, config, hosts: list[str]) -> dict[str, str] | None:
         why = f"unreachable ({e.message.splitlines()[0][:40]})"
         return {h: why for h in hosts}
 
-
-class Counters:
-    """`gate.source: haproxy`: each host's requests and errors (5xx answers, connection
-    and response errors) counted by HAProxy since this object was made. The same
-    interface as gate.AccessLogs; the window is from the snapshot to each call."""
-
-    def __init__(self, service, config, names: list[str]):
-        self.service, self.config = service, config
-        self.base = self._read(names)
-
-    def _read(self, names: list[str]) -> dict[str, dict[str, int]]:
-        try:
-            with connect(self.service, self.config) as balancer:
-                return balancer.counters(names)
-        except DeployError as e:
-            raise HealthGateFailed("cannot read HAProxy's counters, so the gate has no "
-                                   f"evidence: {e}") from None
-
-    def counts(self, names, start=None, end=None):
-        now = self._read(list(names))
-        out = {}
-        for n in names:
-            a, b = self.base.get(n, {}), now[n]
-            errors = sum(b[k] - a.get(k, 0) for k in ("hrsp_5xx", "econ", "eresp"))
-            out[n] = Counts(max(0, errors), max(0, b["requests"] - a.get("requests", 0)))
-        return out

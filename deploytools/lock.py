@@ -20,7 +20,7 @@ the same hostname: CI runners are all called `runner`), when its process is
 gone. A deploy that meets a stale lock takes it over, loudly: it names the
 dead deploy (who, when, what, the wave it reached) and records the takeover
 in the history, because the fleet that deploy left may be mixed. A live lock
-is never broken: `fab unlock` refuses a fresh one unless force=true.
+is never broken: `deploytools unlock` refuses a fresh one unless force=true.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ from datetime import datetime, timezone
 
 from .errors import DeployError, LockedError, errors_text
 from .inventory import each
-from .script import q
+from . import render
+from .script import facts
 
 # Seconds between heartbeats; DEPLOYTOOLS_LOCK_HEARTBEAT overrides it (tests).
 HEARTBEAT = 5.0
@@ -113,15 +114,21 @@ def staleness(holder: dict, *, machine: str | None = None, alive=pid_alive) -> s
 
 
 def acquire_script(path: str, record: str) -> str:
-    """Take the lock at `path`, or print who holds it and their heartbeat's age."""
-    return (f"mkdir -p {q(os.path.dirname(path))}\n"
-            f"if (set -o noclobber; printf '%s\\n' {q(record)} > {q(path)}) 2>/dev/null; then\n"
-            f"  echo '@@lock acquired'\n"
-            f"else\n"
-            f"  echo '@@lock held'\n"
-            f"  echo \"@@age $(( $(date +%s) - $(stat -c %Y {q(path)} 2>/dev/null || date +%s) ))\"\n"
-            f"  printf '@@holder %s\\n' \"$(tr -d '\\n' < {q(path)} 2>/dev/null || true)\"\n"
-            f"fi\n")
+    """Take the lock at `path`, or print who holds it and their heartbeat's age.
+
+    Prints `@@lock acquired`, or `@@lock held`, `@@age SECONDS`, `@@holder RECORD`."""
+    return render.render_script("lock_acquire.sh.j2", path=path, record=record,
+                                lock_dir=os.path.dirname(path))
+
+
+def heartbeat_script(path: str, token: str) -> str:
+    """Touch the lock at `path` while it holds `token` (never recreate a removed one)."""
+    return render.render_script("lock_heartbeat.sh.j2", path=path, token=token)
+
+
+def release_script(path: str, token: str) -> str:
+    """Remove the lock at `path` if it still holds `token`."""
+    return render.render_script("lock_release.sh.j2", path=path, token=token)
 
 
 def parse_holder(stdout: str) -> dict | None:
@@ -129,17 +136,14 @@ def parse_holder(stdout: str) -> dict | None:
 
     An empty record (the lock vanished, or its writer is mid-write) comes back
     as {"retry": True}."""
-    if "@@lock acquired" in stdout:
+    f = facts(stdout)
+    if f.get("lock") == "acquired":
         return None
-    age, text = None, ""
-    for line in stdout.splitlines():
-        if line.startswith("@@age "):
-            try:
-                age = float(line[6:])
-            except ValueError:
-                pass
-        elif line.startswith("@@holder "):
-            text = line[9:].strip()
+    try:
+        age = float(f["age"]) if "age" in f else None
+    except ValueError:
+        age = None
+    text = f.get("holder", "")
     if not text:
         return {"retry": True, "raw": "", "age": age}
     try:
@@ -153,33 +157,25 @@ def parse_holder(stdout: str) -> dict | None:
 
 
 def takeover_script(path: str, stale_id: str) -> str:
-    """Remove the lock at `path` only if it still holds the stale run `stale_id`
-    (compare and delete: a deploy that took it meanwhile keeps it)."""
-    return f"if grep -qF {q(stale_id)} {q(path)} 2>/dev/null; then rm -f {q(path)}; fi\n"
+    """Remove the lock at `path` only if it still holds the stale run `stale_id`."""
+    return render.render_script("lock_takeover.sh.j2", path=path, stale_id=stale_id)
 
 
-def note_script(path: str, run_id: str, record: str) -> str:
-    """Rewrite our lock's record (progress), only while it is still ours."""
-    return (f"if grep -qF {q(run_id)} {q(path)} 2>/dev/null; then\n"
-            f"  printf '%s\\n' {q(record)} > {q(path + '.new')} && mv -f {q(path + '.new')} {q(path)}\n"
-            "fi\n")
+def note_script(path: str, token: str, record: str) -> str:
+    """Rewrite our lock's record (progress), only while it still holds `token`."""
+    return render.render_script("lock_note.sh.j2", path=path, token=token, record=record)
 
 
 def read_lock_script(path: str) -> str:
-    """Print the lock at `path` the way `acquire_script` prints a held one (or nothing)."""
-    return (f"if [ -f {q(path)} ]; then\n"
-            "  echo '@@lock held'\n"
-            f"  echo \"@@age $(( $(date +%s) - $(stat -c %Y {q(path)} 2>/dev/null || date +%s) ))\"\n"
-            f"  printf '@@holder %s\\n' \"$(tr -d '\\n' < {q(path)} 2>/dev/null || true)\"\n"
-            "fi\n")
+    """Who holds the lock at `path`: the facts `acquire_script` prints for a held one,
+    or `@@lock free`."""
+    return render.render_script("lock_read.sh.j2", path=path)
 
 
 def remove_lock_script(path: str, holder_id: str | None) -> str:
-    """Remove the lock at `path` if it still holds `holder_id` (any lock if None)."""
-    if holder_id is None:
-        return f"if [ -f {q(path)} ]; then rm -f {q(path)}; echo @@unlocked; fi\n"
-    return (f"if grep -qF {q(holder_id)} {q(path)} 2>/dev/null; then rm -f {q(path)}; "
-            "echo @@unlocked; fi\n")
+    """Remove the lock at `path` if it still holds `holder_id` (any lock if None).
+    Prints `@@unlocked` when it removed one."""
+    return render.render_script("lock_remove.sh.j2", path=path, token=holder_id or "")
 
 
 class FleetLock:
@@ -239,7 +235,7 @@ class FleetLock:
             self.say("lock_takeover",
                      f"WARNING: taking over the lock of a dead deploy of {self.service.name} "
                      f"({why}): {describe_holder(holder)}{reached}. The fleet it left may be "
-                     "mixed: check `fab status` (a plain `fab rollback` returns every host to "
+                     "mixed: check `deploytools status` (a plain `deploytools rollback` returns every host to "
                      "one release).", holder=holder, stale=why)
         each(list(self.fleet), lambda t: t.run(takeover_script(self._path(t), stale_id),
                                                what="breaking a stale deploy lock"),
@@ -251,12 +247,12 @@ class FleetLock:
             raise LockedError(
                 f"{name} is locked by a deploy that looks dead ({stale}): "
                 f"{describe_holder(holder)}. The lock is stale. If no deploy of {name} is "
-                f"running, break it with: fab unlock:{name}")
+                f"running, break it with: deploytools unlock:{name}")
         raise LockedError(
             f"{name} is locked by another deploy: {describe_holder(holder)}. "
             "Wait for it to finish (or use --lock-wait SECONDS). If that deploy died, the "
             f"next deploy takes its lock over once it has missed {STALE_AFTER} heartbeats "
-            f"(or break it now with: fab unlock:{name},force=true)")
+            f"(or break it now with: deploytools unlock:{name},force=true)")
 
     def _try(self) -> dict | None:
         record = json.dumps(self.owner)
@@ -281,12 +277,9 @@ class FleetLock:
                              what="noting progress in the lock"), parallel=8)
 
     def _heartbeat(self) -> None:
-        token = q(self.owner["id"])
-
         def beat(t):
-            path = q(self._path(t))
-            t.run(f"grep -qF {token} {path} 2>/dev/null && touch -c {path} || true",
-                  check=False, timeout=max(5.0, self.interval), what="lock heartbeat")
+            t.run(heartbeat_script(self._path(t), self.owner["id"]), check=False,
+                  timeout=max(5.0, self.interval), what="lock heartbeat")
         while not self._stop.wait(self.interval):
             # A missed beat (a host briefly unreachable) is not worth failing a deploy for.
             each([self.fleet[n] for n in self.held], beat, parallel=8)
@@ -299,7 +292,7 @@ class FleetLock:
 
         def drop(target):
             if target.name in self.held:
-                target.run(remove_lock_script(self._path(target), self.owner["id"]),
+                target.run(release_script(self._path(target), self.owner["id"]),
                            check=False, what="releasing the deploy lock")
         each([self.fleet[n] for n in reversed(self.held)], drop, parallel=8)
         self.held.clear()
@@ -314,9 +307,11 @@ class FleetLock:
 
 def read_locks(fleet, service) -> dict[str, dict | None]:
     """Each host's lock holder (its record plus `age`), or None where unlocked."""
-    out, errors = each(fleet, lambda t: parse_holder(
-        t.run(read_lock_script(service.dir_on(t.host) + "/.lock"), what="reading the lock").stdout
-        or "@@lock acquired"), parallel=service.parallel)
+    def read(t):
+        out = t.run(read_lock_script(service.dir_on(t.host) + "/.lock"),
+                    what="reading the lock").stdout
+        return None if facts(out).get("lock") == "free" else parse_holder(out)
+    out, errors = each(fleet, read, parallel=service.parallel)
     if errors:
         raise DeployError("could not read the lock on every host:\n" + errors_text(errors))
     return out
@@ -333,8 +328,10 @@ def describe_holder(holder: dict) -> str:
 
 
 def history_append_script(dir: str, record: dict) -> str:
+    """Append `record` as one JSON line to the host's history.jsonl (any size: the
+    script travels on stdin and printf is a builtin, so no argument limit applies)."""
     line = json.dumps(record, sort_keys=True, default=str)
-    return f"mkdir -p {q(dir)} && printf '%s\\n' {q(line)} >> {q(dir)}/history.jsonl\n"
+    return render.render_script("history_append.sh.j2", dir=dir, line=line)
 
 
 HISTORY_COLUMNS = ("when", "who", "action", "from", "to", "tag", "outcome", "secs", "hosts",
@@ -342,7 +339,7 @@ HISTORY_COLUMNS = ("when", "who", "action", "from", "to", "tag", "outcome", "sec
 
 
 def history_row(record: dict) -> dict:
-    """One line of `fab history`: a deploy or rollback, merged over its hosts
+    """One line of `deploytools history`: a deploy or rollback, merged over its hosts
     (`hosts_seen`); the record itself is what `--json` prints."""
     return {"when": record.get("started"), "who": record.get("user"),
             "action": record.get("action"), "from": (record.get("from_commit") or "")[:7],
@@ -362,4 +359,5 @@ def gate_text(gate: dict) -> str:
 
 
 def history_read_script(dir: str, limit: int) -> str:
-    return f"tail -n {int(limit)} {q(dir)}/history.jsonl 2>/dev/null || true\n"
+    """The last `limit` lines of the host's history.jsonl."""
+    return render.render_script("history_read.sh.j2", dir=dir, limit=int(limit))

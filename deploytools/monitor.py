@@ -1,8 +1,8 @@
-"""`fab monitor`: the logs of a service on all its hosts at once.
+"""`deploytools monitor`: the logs of a service on all its hosts at once.
 
-    fab monitor:airship                   # a status line per host, then follow (Ctrl-C ends)
-    fab monitor:airship,lines=50          # the last 50 lines of each log per host, and exit
-    fab monitor:airship,lines=20,follow=true    # those 20, then follow
+    deploytools monitor:airship                   # a status line per host, then follow (Ctrl-C ends)
+    deploytools monitor:airship,lines=50          # the last 50 lines of each log per host, and exit
+    deploytools monitor:airship,lines=20,follow=true    # those 20, then follow
 
 The logs are gunicorn's access.log and error.log, the program's own log
 (supervisord's capture of its stdout/stderr, log/<service>.log) and
@@ -18,9 +18,10 @@ import re
 import threading
 import time
 
+from .booleans import FALSE as _FALSE, TRUE as _TRUE
 from .errors import ConnectionFailed, DeployError, UsageError
 from .hoststate import HostState, inspect_script, parse_inspect
-from .inventory import Fleet, each
+from .inventory import each
 from .probe import probe
 from .script import q
 
@@ -32,8 +33,6 @@ STATUS = "status"  # the label of our own lines about a host
 # every log, so from then on no line written is missed.
 SENTINEL = "/dev/null"
 _HEADER = re.compile(r"^==> (.+) <==$")
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
 
 
 def log_paths(service, dir: str) -> list[str]:
@@ -148,7 +147,7 @@ def _lines(value) -> int | None:
         n = -1
     if n < 0:
         raise UsageError(f"lines={value}: give a number of lines, 0 or more "
-                         "(e.g. fab monitor:SERVICE,lines=50).")
+                         "(e.g. deploytools monitor:SERVICE,lines=50).")
     return n
 
 
@@ -159,7 +158,7 @@ def monitor(session, name: str, *, lines: int | None = None, follow=None) -> Non
     lines = _lines(lines)
     labels = [label(p) for p in log_paths(service, "")]
     printer = Printer(session.reporter, hosts, labels)
-    with Fleet(session.config, hosts) as fleet:
+    with session.fleet(hosts) as fleet:
         live = _status(service, fleet, printer)
         if not live:
             raise ConnectionFailed(f"no host of {service.name} could be reached "

@@ -12,7 +12,7 @@ from . import lock as lock_mod
 from . import lb, releases, signals
 from .errors import DeployError, LockedError, RestoreFailed, UsageError, errors_text
 from .hoststate import commit_of, fleet_rollback_target, inspect_all
-from .inventory import Fleet, each
+from .inventory import each
 from .probe import probe
 from .rollout import Rollout, now_iso
 from . import plan as plan_mod
@@ -81,7 +81,7 @@ def migrate(session, name: str, to: str | None = None) -> dict:
     to = _given(to, "to", "a release name")
     service, hosts = _service_and_hosts(session, name)
     _django(service)
-    with Fleet(session.config, hosts[:1]) as fleet:
+    with session.fleet(hosts[:1]) as fleet:
         t = fleet[hosts[0]]
         d = service.dir_on(t.host)
         with _lock(session, fleet, service, "migrate"):
@@ -127,7 +127,7 @@ def _reverse_migrations(service, t, current: str, target: str, report) -> list[s
             commands.append((app, then.get(app) or "zero"))
     d = service.dir_on(t.host)
     for app, name in commands:
-        t.run(releases.manage_script(service, d, current, f"migrate --noinput {app} {name}"),
+        t.run(releases.manage_script(service, d, current, ["migrate", "--noinput", app, name]),
               what=f"reversing migrations of {app} to {name}")
         report.event("migrate", f"  {t.name}: {app} migrated back to {name}", app=app, to=name)
     return [f"{app}->{name}" for app, name in commands]
@@ -137,7 +137,7 @@ def media(session, name: str) -> None:
     """Collect static files into the live release and make sure shared/media exists."""
     service, hosts = _service_and_hosts(session, name)
     _django(service)
-    with Fleet(session.config, hosts) as fleet, \
+    with session.fleet(hosts) as fleet, \
             _lock(session, fleet, service, "media"):
         states = inspect_all(service, fleet)
 
@@ -163,7 +163,7 @@ def _rollback_targets(service, states: dict, to: str | None, report) -> dict[str
         if choice.release is None:
             raise UsageError(f"cannot roll back {service.name}: {choice.why}; nothing was "
                              "changed. Roll back to a named release with "
-                             f"fab rollback:{service.name},to=RELEASE_OR_TAG.")
+                             f"deploytools rollback:{service.name},to=RELEASE_OR_TAG.")
         report.event("rollback_target", f"{service.name}: rolling back to {choice.release}: "
                                         f"{choice.why}", release=choice.release, why=choice.why)
         return {h: choice.release for h, st in states.items() if st.current}
@@ -195,7 +195,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
     started = time.monotonic()
-    with signals.terminating(), Fleet(session.config, hosts) as fleet:
+    with signals.terminating(), session.fleet(hosts) as fleet:
         # The lock first: a state read before it could be changed by the deploy we wait for.
         lock = _lock(session, fleet, service, "rollback")
         with lock:
@@ -237,7 +237,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
                         report.event("warning", "WARNING: rolling back across migrations "
                                      f"{', '.join(delta)}: the schema stays as it is, so the old "
                                      "code runs on the newer schema. To reverse them too: "
-                                     f"fab rollback:{service.name},migrate=true",
+                                     f"deploytools rollback:{service.name},migrate=true",
                                      migrations=delta)
             with lb.connect(service, session.config) as balancer:
                 _, errors = each(fleet, back, parallel=service.parallel)
@@ -266,7 +266,7 @@ def restart(session, name: str, *, hard: bool = False) -> None:
     """Graceful reload (or hard restart) of the live release, then verify it serves."""
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
-    with Fleet(session.config, hosts) as fleet, \
+    with session.fleet(hosts) as fleet, \
             _lock(session, fleet, service, "restart"):
         states = inspect_all(service, fleet)
 
@@ -288,7 +288,7 @@ def restart(session, name: str, *, hard: bool = False) -> None:
 
 def status(session, name: str) -> list[dict]:
     service, hosts = _service_and_hosts(session, name)
-    with Fleet(session.config, hosts) as fleet:
+    with session.fleet(hosts) as fleet:
         states = inspect_all(service, fleet)
     lb_states = lb.states_or_error(service, session.config, hosts)
     repo = None
@@ -322,7 +322,7 @@ def status(session, name: str) -> list[dict]:
 
 def setup(session, name: str) -> None:
     service, hosts = _service_and_hosts(session, name)
-    with Fleet(session.config, hosts) as fleet, \
+    with session.fleet(hosts) as fleet, \
             _lock(session, fleet, service, "setup"):
         def go(t):
             t0 = time.monotonic()
@@ -339,7 +339,7 @@ def setup(session, name: str) -> None:
 
 def history(session, name: str, limit: int = 20) -> list[dict]:
     service, hosts = _service_and_hosts(session, name)
-    with Fleet(session.config, hosts) as fleet:
+    with session.fleet(hosts) as fleet:
         out, errors = each(fleet, lambda t: t.run(
             lock_mod.history_read_script(service.dir_on(t.host), limit * 4)).stdout,
             parallel=service.parallel)
@@ -371,7 +371,7 @@ def unlock(session, name: str, *, force: bool = False) -> None:
     second deploy run over it."""
     service, hosts = _service_and_hosts(session, name)
     report = session.reporter
-    with Fleet(session.config, hosts) as fleet:
+    with session.fleet(hosts) as fleet:
         held = {h: x for h, x in lock_mod.read_locks(fleet, service).items() if x}
         if not held:
             report.event("unlock", f"{service.name}: no lock held", hosts=[])
@@ -384,7 +384,7 @@ def unlock(session, name: str, *, force: bool = False) -> None:
                 f"{service.name} is locked by a deploy that is still running (its heartbeat "
                 f"is fresh): {lock_mod.describe_holder(dict(holder, host=h))}. Breaking it would "
                 "let two deploys run at once. Wait for it, or if you know it is dead (its "
-                f"machine is gone), break it anyway with: fab unlock:{service.name},force=true")
+                f"machine is gone), break it anyway with: deploytools unlock:{service.name},force=true")
         out, errors = each(fleet, lambda t: t.run(lock_mod.remove_lock_script(
             service.dir_on(t.host) + "/.lock", (held.get(t.name) or {}).get("id"))).stdout,
             parallel=service.parallel)

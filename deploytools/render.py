@@ -3,19 +3,37 @@
 Per release (so staging never touches the live config, and a rollback brings
 the old config back with the old code): gunicorn.conf.py, env (0600), start.
 Per service: supervisord.conf, bin/ctl, init.d script, systemd unit.
+
+The remote bash programs (templates/remote/*.sh.j2) are rendered by
+`render_script`, in an environment where quoting happens at one edge: every
+`{{ value }}` must say how it is made safe for the shell (`shquote`, `shwords`,
+or a number); anything else fails to render, so no value is ever pasted in
+unquoted (pyinfra's StringCommand/QuoteString, enforced).
 """
 from __future__ import annotations
 
+import base64
 import shlex
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
-from . import handoff
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+def _packaged_templates() -> Path:
+    """Our templates: `deploytools/templates/` inside an installed wheel (the build maps
+    the repository's top-level `templates/` there), else the checkout's `templates/`
+    (an editable install, or running from the source tree)."""
+    installed = Path(str(resources.files("deploytools") / "templates"))
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+TEMPLATES = _packaged_templates()
 
 
 @dataclass(frozen=True)
@@ -25,16 +43,80 @@ class File:
     mode: int = 0o644
 
 
-@lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+@lru_cache(maxsize=8)
+def _env(overrides: str | None = None) -> jinja2.Environment:
+    """The template environment; with `overrides` (a service's `templates:` directory)
+    a template found there replaces ours of the same name."""
+    search = [overrides, str(TEMPLATES)] if overrides else [str(TEMPLATES)]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(search),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["shquote"] = lambda v: shlex.quote(str(v))
     return env
 
 
-def render(name: str, **context) -> str:
-    return _env().get_template(name).render(**context)
+def render(name: str, *, templates: str | None = None, **context) -> str:
+    """Render template `name`; `templates` is a directory searched before ours."""
+    return _env(templates).get_template(name).render(**context)
+
+
+class UnquotedValue(ValueError):
+    """A remote script template interpolated a value without saying how it is quoted."""
+
+
+def shquote(value) -> str:
+    """One shell word, quoted."""
+    return shlex.quote(str(value))
+
+
+def shwords(value) -> str:
+    """Shell words, each quoted: a list as it is, or a string (`pip_args`) split as a
+    shell would first, so its quoting groups words and nothing in it is expanded."""
+    words = value if isinstance(value, (list, tuple)) else shlex.split(str(value or ""))
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+# In templates the filters return Markup, the mark `_quoted_only` lets through. (Never
+# add a Markup to a str in Python, or `~` one in a template: markupsafe would
+# HTML-escape the other side. A unit test renders every script and looks for that.)
+def _quoted_word(value) -> Markup:
+    return Markup(shquote(value))
+
+
+def _quoted_words(value) -> Markup:
+    return Markup(shwords(value))
+
+
+def _quoted_only(value):
+    """`finalize` of the script environment: what reaches the script is quoted."""
+    if isinstance(value, Markup):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Markup(str(value))
+    raise UnquotedValue(f"unquoted value {value!r} in a remote script template: pipe it "
+                        "through shquote (one word) or shwords (a list of words)")
+
+
+@lru_cache(maxsize=1)
+def _script_env() -> jinja2.Environment:
+    # autoescape only so that macros and filters return Markup, which `finalize`
+    # lets through; it never HTML-escapes, since `finalize` quotes or refuses first.
+    env = jinja2.Environment(loader=_env().loader,  # the same templates/ as every file
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True, autoescape=True,
+                             finalize=_quoted_only,
+                             # bash has `${#array[@]}`: template comments are {## ... ##}
+                             comment_start_string="{##", comment_end_string="##}")
+    env.filters["shquote"] = _quoted_word
+    env.filters["shwords"] = _quoted_words
+    env.filters["b64"] = lambda v: base64.b64encode(
+        v.encode() if isinstance(v, str) else v).decode()
+    env.filters["octal"] = lambda v: Markup(f"{int(v):o}")
+    return env
+
+
+def render_script(name: str, **context) -> str:
+    """Render the remote program templates/remote/NAME (bash, run by `Target.run`)."""
+    return str(_script_env().get_template(f"remote/{name}").render(**context))
 
 
 def bind_for(service, host) -> str:
@@ -57,7 +139,7 @@ def service_env(service, host, dir: str, release: str, commit: str) -> dict[str,
 
 def release_files(service, host, dir: str, release: str, commit: str) -> list[File]:
     ctx = dict(service=service, dir=dir, release=release, bind=bind_for(service, host),
-               inherit=handoff.inherits(service))
+               inherit=service.socket == "inherit", templates=service.templates)
     files = [
         File(".deploy/env", render("env.j2", env=service_env(service, host, dir, release, commit),
                                    **ctx), 0o600),
@@ -70,7 +152,7 @@ def release_files(service, host, dir: str, release: str, commit: str) -> list[Fi
 
 def service_files(service, host, dir: str) -> list[File]:
     ctx = dict(service=service, dir=dir, bind=bind_for(service, host),
-               inherit=handoff.inherits(service))
+               inherit=service.socket == "inherit", templates=service.templates)
     return [
         File("etc/supervisord.conf", render("supervisord.conf.j2", **ctx)),
         File("bin/ctl", render("ctl.j2", **ctx), 0o755),

@@ -16,9 +16,9 @@ from . import releases, signals
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
                      RestoreFailed, StagingFailed, UsageError, errors_text)
 from .hoststate import inspect_all
-from .inventory import Fleet, Target, each
+from .inventory import Target, each
 from . import plan as plan_mod
-from .script import facts, write_file
+from .script import fact_list, facts, write_file
 from .vcs import ServiceRepo
 from .waves import compute_waves
 
@@ -82,7 +82,7 @@ class Rollout:
         """The dry run: what a deploy of `ref` would do, from the hosts' live state.
         Reads the repo and the hosts; changes nothing."""
         repo = self._resolve()
-        with Fleet(self.config, self.hosts) as fleet:
+        with self.session.fleet(self.hosts) as fleet:
             self.fleet = fleet
             self._inspect()
         return self._plan(repo)
@@ -97,7 +97,7 @@ class Rollout:
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
                          f"{self.release} to {', '.join(self.hosts)}",
                  commit=commit, release=self.release, hosts=self.hosts)
-        with signals.terminating(), Fleet(self.config, self.hosts) as fleet:
+        with signals.terminating(), self.session.fleet(self.hosts) as fleet:
             self.fleet = fleet
             self.lock = lock = lock_mod.FleetLock(fleet, svc, self.action,
                                                   wait=self.session.lock_wait, say=self.say)
@@ -184,7 +184,7 @@ class Rollout:
                 f"{self.release} is live on every host ({', '.join(self.hosts)}), but "
                 f"{svc.production_branch} and its date tag were not moved: {why}. Fix the "
                 f"cause, then deploy the same commit again to record it: "
-                f"fab deploy:{svc.name},ref={self.commit} (its virtualenv is reused)."
+                f"deploytools deploy:{svc.name},ref={self.commit} (its virtualenv is reused)."
             ) from None
         self.record["tag"] = tag
         self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)
@@ -379,7 +379,7 @@ class Rollout:
             keep_prev = self.runs[t.name].previous
             r = t.run(releases.prune_script(self.dir(t), self.service.keep_releases,
                                             [keep_prev]), what="pruning old releases")
-            return [line[9:] for line in r.stdout.splitlines() if line.startswith("@@pruned ")]
+            return fact_list(r.stdout, "pruned")
         pruned, errors = self.parallel(self.fleet, prune)
         for name, err in errors.items():
             self.say("warning", f"  {name}: pruning failed (the deploy is fine): {err}", host=name)

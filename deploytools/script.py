@@ -1,23 +1,25 @@
-"""Building remote shell scripts: values are quoted, never glued.
+"""Remote shell scripts: values are quoted, never glued; facts come back as `@@` lines.
 
-A step is one compound script per host (one round trip). Files travel inside
-the script as base64, so staging a release needs no extra SFTP calls.
-Scripts report facts back with `@@key value` lines, parsed by `facts()`.
+A step is one compound script per host (one round trip), rendered from
+templates/remote/ (`render.render_script`), where every value is quoted at
+one edge. Files travel inside the script as base64, so staging a release
+needs no extra SFTP calls; the script itself reaches the host on stdin
+(`inventory.Target.run`), so neither it nor a file in it is ever in argv.
+Scripts report facts back with `@@key value` lines: `facts()` reads the
+single-valued ones (the last wins), `fact_list()` the repeated ones.
 """
 from __future__ import annotations
 
-import base64
 import shlex
+
+from . import render
 
 q = shlex.quote
 
 
 def write_file(path: str, content: str, mode: int) -> str:
-    """A line that writes `content` to `path` atomically with `mode`."""
-    data = base64.b64encode(content.encode()).decode()
-    tmp = path + ".tmp"
-    return (f"(umask 077; printf %s {q(data)} | base64 -d > {q(tmp)}) && "
-            f"chmod {mode:o} {q(tmp)} && mv -f {q(tmp)} {q(path)}")
+    """Bash that writes `content` to `path` atomically with `mode` (0600 from creation)."""
+    return render.render_script("write_file.sh.j2", path=path, content=content, mode=mode)
 
 
 def facts(stdout: str) -> dict[str, str]:
@@ -28,3 +30,10 @@ def facts(stdout: str) -> dict[str, str]:
             key, _, value = line[2:].partition(" ")
             out[key] = value.strip()
     return out
+
+
+def fact_list(stdout: str, key: str) -> list[str]:
+    """Every value of a repeated fact (`@@pruned A`, `@@pruned B`), in order."""
+    prefix = f"@@{key} "
+    return [line[len(prefix):].strip() for line in stdout.splitlines()
+            if line.startswith(prefix)]

@@ -8,22 +8,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import render
 from .script import q
 
 
 def ctl(dir: str) -> str:
+    """The supervisorctl command line of the service's own supervisord (the
+    remote templates define it as a `ctl` shell function)."""
     return f"{q(dir)}/tools/bin/supervisorctl -c {q(dir)}/etc/supervisord.conf"
 
 
 def ensure_running_script(dir: str) -> str:
-    """Bash: start the service's supervisord unless it is up (idempotent)."""
-    return f"""
-if ! {{ [ -f {q(dir)}/run/supervisord.pid ] && kill -0 "$(cat {q(dir)}/run/supervisord.pid)" 2>/dev/null; }}; then
-  {q(dir)}/tools/bin/supervisord -c {q(dir)}/etc/supervisord.conf </dev/null >/dev/null 2>&1
-  for i in $(seq 50); do [ -S {q(dir)}/run/supervisor.sock ] && break; sleep 0.1; done
-  echo "@@supervisord started"
-fi
-"""
+    """Bash: start the service's supervisord unless it is up (idempotent).
+
+    Prints `@@supervisord started`."""
+    return render.render_script("ensure_supervisord.sh.j2", dir=dir)
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,7 @@ class ServiceRepo:
             raise UsageError(
                 f"{self.service.production_branch} ({head[:7]}) is not an ancestor of {sha[:7]}: "
                 "moving it there would not be a fast-forward. Deploy a commit that contains the "
-                f"live one, use `fab rollback:{self.service.name},to=...` to go back, or pass "
+                f"live one, use `deploytools rollback:{self.service.name},to=...` to go back, or pass "
                 "force=true to deploy it anyway.")
 
     def publish(self, sha: str, *, force: bool = False, message: str = "") -> str:

@@ -3,11 +3,15 @@
 The key covers the requirements file, the interpreter's version, the pip
 options and the packages we add (gunicorn), so any change builds a new one.
 A venv is built in place and marked `.complete` only at the end: a half-built
-one (killed deploy) is never reused.
+one (killed deploy) is never reused. The programs are templates/remote/venv.sh.j2
+and tools.sh.j2.
 """
 from __future__ import annotations
 
-from .script import q
+import shlex
+
+from . import render
+from .errors import ConfigError
 
 # Added to every WSGI service's venv; a pin in the service's requirements wins.
 GUNICORN = "gunicorn>=21"
@@ -18,48 +22,37 @@ def extra_packages(service) -> list[str]:
     return [] if service.kind == "command" else [GUNICORN]
 
 
+def pip_words(service) -> list[str]:
+    """`pip_args` split into words as a shell would (each is quoted again when used)."""
+    try:
+        return shlex.split(service.pip_args or "")
+    except ValueError as e:
+        raise ConfigError(f"services.{service.name}.pip_args: cannot split "
+                          f"{service.pip_args!r} into words ({e}). Close the quote, or "
+                          "quote the value with single quotes.") from None
+
+
+def context(service, dir: str, release_dir: str) -> dict:
+    """What venv.sh.j2 needs: the requirements file, the packages we add, and the
+    text hashed into the key besides the requirements and the interpreter."""
+    extras = extra_packages(service)
+    # Unchanged since keys were first computed, so existing venvs keep their key.
+    key_inputs = f"{service.python}|{service.pip_args}|{' '.join(shlex.quote(p) for p in extras)}"
+    return dict(service=service, dir=dir, requirements=f"{release_dir}/{service.requirements}",
+                extras=extras, key_inputs=key_inputs, pip_words=pip_words(service))
+
+
 def build_script(service, dir: str, release_dir: str) -> str:
     """Bash that computes the venv key into $VENV_KEY and builds the venv if missing.
 
     Prints `@@venv built|reused KEY`.
     """
-    req = f"{release_dir}/{service.requirements}"
-    extras = " ".join(q(p) for p in extra_packages(service))
-    pip_args = service.pip_args
-    key_inputs = f"{service.python}|{pip_args}|{extras}"
-    req_arg = '-r "$REQ"' if service.requirements else ""
-    script = f"""
-PY={q(service.python)}
-command -v "$PY" >/dev/null || {{ echo "python interpreter '$PY' not found on $(hostname); install it or set python: in services.yaml" >&2; exit 1; }}
-REQ={q(req)}
-[ -f "$REQ" ] || REQ=/dev/null
-VENV_KEY=$( {{ cat "$REQ"; printf '%s\\n' {q(key_inputs)}; "$PY" -c 'import sys; print(sys.version)'; }} | sha256sum | cut -c1-16)
-V={q(dir)}/venvs/$VENV_KEY
-if [ -f "$V/.complete" ]; then
-  echo "@@venv reused $VENV_KEY"
-else
-  rm -rf "$V"
-  "$PY" -m venv "$V"
-  "$V/bin/pip" install -q --disable-pip-version-check {pip_args} {req_arg} {extras} >"$V.log" 2>&1 || {{ cat "$V.log" >&2; rm -rf "$V"; echo "pip install failed for $REQ" >&2; exit 1; }}
-  touch "$V/.complete"
-  echo "@@venv built $VENV_KEY"
-fi
-"""
-    if service.kind == "command":
-        # Not Python (a JVM, a Go binary): a virtualenv only if it has a requirements file.
-        return f'if [ -f {q(req)} ]; then\n{script}else\n  VENV_KEY=none\nfi\n'
-    return script
+    return render.render_script("venv.sh.j2", **context(service, dir, release_dir))
 
 
 def tools_script(service, dir: str) -> str:
-    """Bash that gives the service its own supervisord (in <dir>/tools), once."""
-    return f"""
-T={q(dir)}/tools
-if [ ! -f "$T/.complete" ]; then
-  rm -rf "$T"
-  {q(service.python)} -m venv "$T"
-  "$T/bin/pip" install -q --disable-pip-version-check {service.pip_args} {q(SUPERVISOR)} >"$T.log" 2>&1 || {{ cat "$T.log" >&2; rm -rf "$T"; echo "could not install supervisor into $T" >&2; exit 1; }}
-  touch "$T/.complete"
-  echo "@@tools built"
-fi
-"""
+    """Bash that gives the service its own supervisord (in <dir>/tools), once.
+
+    Prints `@@tools built`."""
+    return render.render_script("tools.sh.j2", service=service, dir=dir,
+                                supervisor_package=SUPERVISOR, pip_words=pip_words(service))

@@ -76,6 +76,9 @@ class FrozenMap(Mapping):
         return f"FrozenMap({self._data!r})"
 
 
+_DAY = 86400
+
+
 @dataclass(frozen=True)
 class Ssh(Declared):
     """`ssh:`: how every host is reached."""
@@ -91,6 +94,23 @@ class Ssh(Declared):
     connect_timeout: int = setting(
         INT, 10, all_of(at_least(1), at_most(600, "seconds")),
         "Seconds to wait for an SSH connection.")
+    config_file: str = setting(
+        PATH, "~/.ssh/config", nonblank,
+        "OpenSSH client config read for every host's `address` and every ProxyJump hop: "
+        "Host aliases, HostName, Port, User, IdentityFile, ProxyJump. services.yaml values "
+        "win. A missing file is no config.")
+    forward_agent: bool = setting(
+        BOOL, False, None,
+        "Forward your SSH agent to the hosts (never done unless this is true, whatever the "
+        "ssh config says).")
+    command_timeout: float = setting(
+        NUMBER, 900.0, all_of(positive, at_most(_DAY, "seconds")),
+        "Seconds one remote step (staging a host, an activation, a history write) may "
+        "take. A host that does not finish in time counts as not answering: its wave "
+        "fails and the deploy rolls back, instead of hanging.")
+    keepalive: int = setting(
+        INT, 10, all_of(at_least(0), at_most(3600, "seconds")),
+        "Seconds between SSH keepalive messages (0: none), so a dead link is noticed.")
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,9 @@ class Host(Declared):
         "Hostname or IP address: where SSH connects and where health checks reach the "
         "service. Required unless `local`; a local host defaults to 127.0.0.1.",
         doc_default="required; `\"127.0.0.1\"` if local")
-    port: int = setting(INT, 22, port_number, "SSH port.")
+    port: int | None = setting(INT, None, port_number,
+                               "SSH port (default: the ssh config's Port for this address, "
+                               "else 22).")
     user: str | None = setting(STR, None, user_name,
                                "SSH user (default: your SSH configuration's).")
     local: bool = setting(
@@ -147,7 +169,6 @@ class Health(Declared):
         return status == self.expect_status
 
 
-_DAY = 86400
 
 
 @dataclass(frozen=True)
@@ -372,6 +393,11 @@ class Service(Declared):
         "Extra arguments for `pip install`, e.g. `--index-url https://...`.", defaultable=True)
     parallel: int = setting(INT, 8, at_least(1), "Most hosts worked on at once.",
                             defaultable=True)
+    templates: str | None = setting(  # absolute once loaded; searched before ours
+        PATH, None, nonblank,
+        "Directory of your own templates (relative to services.yaml): a file there replaces "
+        "the packaged template of the same name, e.g. `supervisord.conf.j2`.",
+        defaultable=True)
 
     def _where(self) -> str:
         return f"services.{self.name}"

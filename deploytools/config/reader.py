@@ -156,9 +156,9 @@ def _build(doc: Any, path: str, base: str) -> Config:
 
     ssh_given = r.value(TOP["ssh"], doc.get("ssh"), None, "ssh", doc.key_lines.get("ssh"))
     s = _fill(SSH, ssh_given)
-    ssh = Ssh(known_hosts=r.local_path(s["known_hosts"]),
-              identity_file=s["identity_file"] and r.local_path(s["identity_file"]),
-              connect_timeout=s["connect_timeout"])
+    ssh = Ssh(**dict(s, known_hosts=r.local_path(s["known_hosts"]),
+                     identity_file=s["identity_file"] and r.local_path(s["identity_file"]),
+                     config_file=r.local_path(s["config_file"])))
 
     require("hosts")
     hosts = _hosts(r, doc, ssh)
@@ -347,6 +347,12 @@ def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, An
                                 f"{v['port']} (health checks use it).", lines["bind"])
     if URL.match(v["repo"]) is None and SCP.match(v["repo"]) is None:
         v["repo"] = r.local_path(v["repo"])
+    if v["templates"] is not None:
+        v["templates"] = r.local_path(v["templates"])
+        if not os.path.isdir(v["templates"]):
+            r.fail(f"{where}.templates", f"{v['templates']} is not a directory. Create it, or "
+                   "remove the setting to use the packaged templates.",
+                   lines.get("templates", line))
     health = _fill(HEALTH, defaults.get("health", {}), given.get("health", {}))
     if "timeout" not in defaults.get("health", {}) and "timeout" not in given.get("health", {}):
         health["timeout"] = HEALTH_TIMEOUT_DEFAULT.get(kind, health["timeout"])

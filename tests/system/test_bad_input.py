@@ -1,6 +1,6 @@
-"""Issue 2, bar 5: bad input through the real `fab` program.
+"""Issue 2, bar 5: bad input through the real `deploytools` program.
 
-Every case runs `python -m deploytools` (what the `fab` script runs) as a
+Every case runs `python -m deploytools` (what the `deploytools` script runs) as a
 subprocess, the way an operator would, and checks the contract of
 deploytools/errors.py:
 
@@ -181,7 +181,7 @@ def test_unknown_host_on_the_command_line(good):
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (["nosuchtask:airship"], ["No idea what 'nosuchtask:airship' is", "fab --list"]),
+    (["nosuchtask:airship"], ["No idea what 'nosuchtask:airship' is", "deploytools --list"]),
     (["deploy"], ["'deploy' did not receive required positional arguments: 'service'"]),
     (["rollback:"], ["'rollback' did not receive required positional arguments: 'service'"]),
     (["deploy:airship,v2,true,extra"], ["has more values than deploy takes"]),
@@ -194,11 +194,11 @@ def test_bad_task_usage(good, argv, needles):
     assert_error(fab(good, *argv), 2, *needles)
 
 
-def test_the_fab_script_itself(good):
+def test_the_deploytools_script_itself(good):
     """The installed console script (not only `python -m deploytools`) behaves the same."""
-    script = Path(sys.executable).with_name("fab")
+    script = Path(sys.executable).with_name("deploytools")
     if not script.exists():
-        pytest.fail(f"{script} is missing: `pip install -e .` installs our fab next to python")
+        pytest.fail(f"{script} is missing: `pip install -e .` installs it next to python")
     proc = subprocess.run([str(script), "deploy:air;rm -rf /"], cwd=good, capture_output=True,
                           text=True, timeout=120, env={k: v for k, v in os.environ.items()
                                                        if k != "DEPLOYTOOLS_CONFIG"})

@@ -38,7 +38,8 @@ def test_each_host_answers_its_own_hostname(fleet):
 
 
 def test_yaml_helpers_describe_the_fleet(fleet):
-    assert fleet.hosts_yaml()["web-2"] == {"address": "127.0.0.13", "port": 2222, "user": "root"}
+    assert fleet.hosts_yaml()["web-2"] == {"address": f"127.0.0.{fleet_mod.first_octet() + 2}",
+                                           "port": 2222, "user": "root"}
     ssh = fleet.ssh_config_yaml()
     assert Path(ssh["known_hosts"]) == fleet.known_hosts
     assert Path(ssh["identity_file"]) == fleet.identity_file
@@ -86,7 +87,7 @@ def test_wrong_or_unknown_host_key_is_rejected(fleet, tmp_path):
                    check=True)
     keytype, keydata = (tmp_path / "other_key.pub").read_text().split()[:2]
     wrong = tmp_path / "known_hosts_wrong"
-    wrong.write_text(f"[127.0.0.11]:2222 {keytype} {keydata}\n")
+    wrong.write_text(f"[{fleet.host('web-0').address}]:2222 {keytype} {keydata}\n")
     r = fleet.ssh("web-0", "hostname", known_hosts=wrong)
     assert r.returncode == 255
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in r.stderr or \

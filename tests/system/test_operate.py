@@ -263,7 +263,7 @@ def test_two_deploys_at_once_exactly_one_runs(ops):
     err = results[loser][2]
     assert f"locked by another deploy: {winner} (deploy from " in err, err
     assert f"pid {(a if winner == 'alice' else b).pid}" in err, err
-    assert "since 20" in err and "fab unlock:" in err and "Traceback" not in err
+    assert "since 20" in err and "deploytools unlock:" in err and "Traceback" not in err
     assert len(mtimes) >= 3, "the winner's heartbeat never touched the lock file"
     assert ops.revisions() == {h: ops.sha("v2") for h in HOSTS}
     assert not any(ops.locks().values())
@@ -304,7 +304,7 @@ def test_unlock_refuses_a_live_lock_without_force(ops):
         r = ops.fab(f"unlock:{SVC}", check=False)
         assert r.returncode == 4, r.stderr
         assert "still running" in r.stderr and "mallory" in r.stderr, r.stderr
-        assert f"fab unlock:{SVC},force=true" in r.stderr and "Traceback" not in r.stderr
+        assert f"deploytools unlock:{SVC},force=true" in r.stderr and "Traceback" not in r.stderr
         assert all(ops.locks().values())  # refused: nothing removed
         out = ops.fab(f"unlock:{SVC},force=true")
         assert "lock removed" in out.stdout and "mallory" in out.stdout

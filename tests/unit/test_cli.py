@@ -3,10 +3,10 @@ import pytest
 from invoke import Collection
 from invoke.exceptions import ParseError
 
-import fabfile
+from deploytools import tasks
 from deploytools.cli import extract_globals, rewrite_classic, split_classic_args
 
-COLL = Collection.from_module(fabfile)
+COLL = Collection.from_module(tasks)
 
 
 @pytest.mark.parametrize("tokens, expected", [
@@ -28,7 +28,7 @@ def test_rewrite_classic(tokens, expected):
 
 
 def test_underscore_names_resolve_to_dashed_tasks():
-    coll = Collection.from_module(fabfile)
+    coll = Collection.from_module(tasks)
     if "smart-deploy" not in coll.task_names:
         pytest.fail("smart-deploy task missing")
     assert rewrite_classic(["smart_deploy:airship"], coll) == ["smart-deploy", "airship"]

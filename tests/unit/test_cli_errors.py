@@ -1,6 +1,6 @@
 """Bad command lines end in one `Error:` paragraph and exit 2, never a traceback.
 
-These run the `fab` program in-process (its `run` is what the console script
+These run the `deploytools` program in-process (its `run` is what the console script
 calls); tests/system/test_bad_input.py does the same through a subprocess,
 with broken services.yaml files and real hosts.
 """
@@ -8,10 +8,10 @@ import pytest
 from invoke import Collection
 from invoke.exceptions import ParseError
 
-import fabfile
+from deploytools import tasks
 from deploytools.cli import DeployProgram, rewrite_classic
 
-COLL = Collection.from_module(fabfile)
+COLL = Collection.from_module(tasks)
 
 
 def run_fab(argv, capsys, tmp_path, monkeypatch):
@@ -51,4 +51,4 @@ def test_bad_command_lines_are_usage_errors(argv, needle, capsys, tmp_path, monk
     assert "Traceback" not in err and "internal error" not in err
     assert "!." not in err  # invoke's "No idea what ... is!" is not doubled up
     assert err.rstrip("\n").count("\n") == 0, err  # one paragraph, here one line
-    assert "fab --list" in err  # says where to look
+    assert "deploytools --list" in err  # says where to look

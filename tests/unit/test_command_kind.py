@@ -143,7 +143,7 @@ def test_launcher_execs_the_command_with_host_and_port(tmp_path):
     env = files[".deploy/env"].content
     assert "HOST=10.0.0.10" in env and "PORT=8300" in env and "JAVA_OPTS=-Xmx64m" in env
     start = files[".deploy/start"].content
-    assert "cd /srv/harbor/current\n" in start
+    assert "cd /srv/harbor/current || exit 1\n" in start
     assert start.rstrip().endswith("exec java -jar build/harbor.jar")
     # the launcher really runs: env file sourced, in current, the command exec'd
     d = tmp_path / "srv"

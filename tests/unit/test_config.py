@@ -79,9 +79,10 @@ def test_full_config_values_and_defaults(tmp_path):
     home = os.path.expanduser("~")
 
     assert cfg.ssh == config.Ssh(known_hosts=str(tmp_path / "keys/known_hosts"),
-                                 identity_file=f"{home}/.ssh/deploy", connect_timeout=7)
+                                 identity_file=f"{home}/.ssh/deploy", connect_timeout=7,
+                                 config_file=f"{home}/.ssh/config", forward_agent=False)
     assert list(cfg.hosts) == ["web-0", "web-1", "demo"]
-    assert cfg.hosts["web-0"] == config.Host("web-0", "10.0.0.10", 22, "deploy", False, None,
+    assert cfg.hosts["web-0"] == config.Host("web-0", "10.0.0.10", None, "deploy", False, None,
                                              f"{home}/.ssh/deploy")
     assert cfg.hosts["web-1"].port == 2222
     assert cfg.hosts["web-1"].identity_file == "/keys/web1"
@@ -144,12 +145,23 @@ services:
 """
 
 
+def test_templates_directory_is_relative_to_services_yaml_and_must_exist(tmp_path):
+    text = MINIMAL + "defaults: {templates: ops/templates}\n"
+    with pytest.raises(ConfigError, match=r"services.skiff.templates: .*ops/templates is not a "
+                                          r"directory"):
+        load(write(tmp_path, text))
+    (tmp_path / "ops/templates").mkdir(parents=True)
+    assert load(write(tmp_path, text)).service("skiff").templates == str(tmp_path / "ops/templates")
+
+
 def test_minimal_config_defaults(tmp_path):
     cfg = load(write(tmp_path, MINIMAL))
     host = cfg.hosts["web-0"]
     assert (host.address, host.port, host.user, host.root, host.identity_file) == (
-        "127.0.0.1", 22, None, None, None)
-    assert cfg.ssh == config.Ssh(os.path.expanduser("~/.ssh/known_hosts"), None, 10)
+        "127.0.0.1", None, None, None, None)  # port None: the ssh config's, else 22
+    assert cfg.ssh == config.Ssh(os.path.expanduser("~/.ssh/known_hosts"), None, 10,
+                                 os.path.expanduser("~/.ssh/config"), False)
+    assert cfg.service("skiff").templates is None
     assert cfg.roles == {}
     s = cfg.service("skiff")
     assert (s.migrate, s.collectstatic, s.root, s.rollout, s.env) == (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -65,11 +66,20 @@ def append(path: Path, text: str) -> None:
 # --- scripts -----------------------------------------------------------------
 
 
-def test_log_scripts_quote_the_path():
+def test_log_scripts_quote_the_path(tmp_path):
     script = gate.log_read_script("/srv/it's here/log/access.log", 12)
     assert "'/srv/it'\"'\"'s here/log/access.log'" in script
-    assert "off=12;" in script
-    assert gate.log_size_script("/a b/c").startswith("stat -c %s '/a b/c'")
+    log = tmp_path / "it's $(here)" / "access.log"
+
+    def run(script):
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              check=True).stdout
+    assert run(gate.log_size_script(str(log))).strip() == "0"  # absent: nothing served yet
+    assert run(gate.log_read_script(str(log), 0)) == ""
+    append(log, "0123456789\nabc\n")
+    assert run(gate.log_size_script(str(log))).strip() == "15"
+    assert run(gate.log_read_script(str(log), 11)) == "abc\n"  # from the offset on
+    assert run(gate.log_read_script(str(log), 99)) == "0123456789\nabc\n"  # rotated: all
 
 
 # --- AccessLogs ----------------------------------------------------------------

@@ -79,3 +79,43 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [node])
     assert cycles == []
+
+
+# The module map of docs/design.md ("Module map"): a module imports only from
+# layers below its own. A new module gets a layer here and a line in the doc.
+LAYERS = {
+    0: {"errors", "booleans", "waves", "plan", "report", "render"},
+    1: {"config", "script", "vcs", "probe", "inventory", "signals", "handoff"},
+    2: {"health", "supervisor", "venv", "lb"},
+    3: {"hoststate", "lock", "gate", "releases"},
+    4: {"rollout", "session"},
+    5: {"operations", "monitor"},
+    6: {"tasks"},
+    7: {"cli"},
+    8: {"__main__"},
+}
+
+
+def _layer(module: str) -> int | None:
+    top = module.split(".")[1] if "." in module else ""
+    for layer, names in LAYERS.items():
+        if top in names:
+            return layer
+    return None
+
+
+def test_every_import_goes_down_the_module_map():
+    graph, _ = _graph()
+    unplaced = sorted(m for m in graph if m != "deploytools" and _layer(m) is None)
+    assert unplaced == [], "give these modules a layer in LAYERS and in docs/design.md"
+    upward = []
+    for module, targets in graph.items():
+        if module == "deploytools":
+            continue
+        for target in targets:
+            if target == "deploytools" or target.split(".")[:2] == module.split(".")[:2]:
+                continue  # the package itself, or a sibling inside the same subpackage
+            if _layer(target) >= _layer(module):
+                upward.append(f"{module} (layer {_layer(module)}) imports {target} "
+                              f"(layer {_layer(target)})")
+    assert upward == []

@@ -142,7 +142,7 @@ def test_unreadable_stale_lock_is_refused_not_taken(setup):
     os.utime(path, (time.time() - 300, time.time() - 300))
     with pytest.raises(LockedError) as e:
         FleetLock(fleet, service, "deploy").acquire()
-    assert "stale" in str(e.value) and "fab unlock:svc" in str(e.value)
+    assert "stale" in str(e.value) and "deploytools unlock:svc" in str(e.value)
     assert path.read_text() == "garbage\n"
 
 

@@ -38,9 +38,7 @@ BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fa
 
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory):
-    started = time.monotonic()
     built = build_repos.build(tmp_path_factory.mktemp("samples"))
-    assert time.monotonic() - started < 5
     return built
 
 

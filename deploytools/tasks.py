@@ -1,0 +1,150 @@
+"""The deploytools tasks. Each parses its arguments and calls one library function
+with the session of the command line, which travels in invoke's context `c`.
+
+    deploytools host:web-0 deploy:airship restart:airship     (classic syntax)
+    deploytools -H web-0 deploy airship restart airship        (modern syntax)
+
+Your own fabfile can import them, call them and wrap them; they then act in the
+same session (host selection, --json, lock wait, connections) as the rest of
+the command line:
+
+    from invoke import task
+    from deploytools.tasks import deploy
+
+    @task
+    def release(c):
+        deploy(c, "airship")
+        notify_chat("airship is out")
+"""
+from invoke import task
+
+from deploytools import monitor as monitor_mod
+from deploytools import operations, session
+
+__all__ = ["host", "deploy", "restart", "rollback", "status", "setup", "history", "unlock",
+           "smart_deploy", "plan", "migrate", "media", "monitor"]
+
+
+@task(help={"names": "host names or role names, separated by ',' or ';'"})
+def host(c, names):
+    """Select hosts (or roles) for the tasks after it.
+
+        deploytools host:web-0 deploy:airship
+    """
+    session.of(c).select(names)
+
+
+@task(help={"service": "service name from services.yaml",
+            "ref": "branch, tag or commit to deploy (default: the service's branch)",
+            "force": "deploy a release an earlier gate rejected; move production non-fast-forward"})
+def deploy(c, service, ref=None, force=False):
+    """Deploy a new release, wave by wave with health checks.
+
+        deploytools deploy:airship,ref=master
+    """
+    operations.deploy(session.of(c), service, ref, force=force)
+
+
+@task(help={"service": "service name", "hard": "full restart instead of a graceful reload"})
+def restart(c, service, hard=False):
+    """Gracefully reload the live release (hard=true: restart).
+
+        deploytools restart:airship
+    """
+    operations.restart(session.of(c), service, hard=hard)
+
+
+@task(help={"service": "service name", "to": "release name, tag or commit to go back to",
+            "migrate": "also reverse migrations the target release does not have"})
+def rollback(c, service, to=None, migrate=False):
+    """Go back to the previous release on every host.
+
+        deploytools rollback:airship[,to=TAG]
+    """
+    operations.rollback(session.of(c), service, to, migrate=migrate)
+
+
+@task(help={"service": "service name"})
+def status(c, service):
+    """Show each host's release, commit, process state and health.
+
+        deploytools status:airship
+    """
+    operations.status(session.of(c), service)
+
+
+@task(help={"service": "service name"})
+def setup(c, service):
+    """Provision a service's directories and supervisord on its hosts.
+
+        deploytools setup:airship
+    """
+    operations.setup(session.of(c), service)
+
+
+@task(help={"service": "service name", "limit": "how many deploys to show"})
+def history(c, service, limit=20):
+    """List recent deploys and rollbacks of a service.
+
+        deploytools history:airship
+    """
+    operations.history(session.of(c), service, int(limit))
+
+
+@task(help={"service": "service name",
+            "force": "break a lock whose heartbeat is fresh (its deploy may be running)"})
+def unlock(c, service, force=False):
+    """Break a deploy lock left by a dead deploy (a live one only with force=true).
+
+        deploytools unlock:airship
+    """
+    operations.unlock(session.of(c), service, force=force)
+
+
+@task(help={"service": "service name",
+            "ref": "branch, tag or commit to deploy (default: the service's branch)",
+            "force": "deploy a release an earlier gate rejected; move production non-fast-forward"})
+def smart_deploy(c, service, ref=None, force=False):
+    """Deploy doing only what the change needs (venv, migrate, static).
+
+        deploytools smart_deploy:airship
+    """
+    operations.deploy(session.of(c), service, ref, force=force, smart=True)
+
+
+@task(help={"service": "service name", "ref": "what would be deployed (default: the branch)"})
+def plan(c, service, ref=None):
+    """Print what smart_deploy would do, wave by wave; change nothing.
+
+        deploytools plan:airship
+    """
+    operations.plan(session.of(c), service, ref)
+
+
+@task(help={"service": "service name",
+            "to": "migrate back to the state recorded in this release's manifest"})
+def migrate(c, service, to=None):
+    """Apply the live release's database migrations, once.
+
+        deploytools migrate:airship
+    """
+    operations.migrate(session.of(c), service, to)
+
+
+@task(help={"service": "service name"})
+def media(c, service):
+    """Collect static files into the live release and make sure shared/media exists.
+
+        deploytools media:airship
+    """
+    operations.media(session.of(c), service)
+
+
+@task(help={"service": "service name", "lines": "print the last N lines of each log and exit",
+            "follow": "keep following (default unless --lines is given)"})
+def monitor(c, service, lines=None, follow=None):
+    """Follow the logs and status of every host at once.
+
+        deploytools monitor:airship
+    """
+    monitor_mod.monitor(session.of(c), service, lines=lines, follow=follow)

@@ -1,0 +1,348 @@
+"""The remote programs (templates/remote/*.sh.j2) as a host receives them.
+
+Every program is rendered with representative values, hostile ones included
+(`x'";$(touch MARK)` wherever services.yaml or the command line allows it),
+and must pass shellcheck. Then the ones that can run here do, on paths and
+values built to break quoting, and nothing they were given is ever executed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploytools import gate, hoststate, lock, monitor, releases, render, supervisor, venv
+from deploytools.config import parse
+from deploytools.errors import ConfigError
+from deploytools.inventory import Fleet, stdin_program, stream_program
+from deploytools.script import fact_list, facts, write_file
+
+PAYLOAD = "x'\";$(touch MARK)`touch MARK`"
+HOSTILE_DIR = "/srv/it's \"odd\" $(touch MARK)/svc"
+PIP_ARGS = "--no-index --find-links '/w h/$(touch MARK)' --extra-index-url 'http://x/?a=1&b=$HOME;'"
+
+
+def services_yaml(v: str) -> str:
+    """The sample services with the value `v` wherever services.yaml allows any text."""
+    return yaml.safe_dump({
+        "hosts": {"web-0": {"address": "10.0.0.10"}},
+        "defaults": {"pip_args": PIP_ARGS if v == PAYLOAD else "--no-index --find-links /w"},
+        "services": {
+            "air": {"kind": "django", "repo": f"https://git.example.com/{v}.git",
+                    "branch": "main/x-1", "hosts": ["web-0"], "app": "air.wsgi:application",
+                    "port": 8000, "env": {"SECRET_KEY": v, "DATABASE_URL": f"postgres://h/{v}"}},
+            "skiff": {"kind": "flask", "repo": "/r/skiff.git", "hosts": ["web-0"],
+                      "app": "skiff.app:app", "port": 8001, "reload_signal": "restart",
+                      "requirements": f"req/{v}.txt"},
+            "harbor": {"kind": "command", "repo": "git@git.example.com:ops/harbor.git",
+                       "hosts": ["web-0"], "port": 8300, "command": "java -jar build/harbor.jar",
+                       "build": f"mkdir -p build && echo {shlex.quote(v)} > build/out",
+                       "build_outputs": ["build/", f"dist/{v}"],
+                       "python": "/opt/py" + v.replace(" ", "") + "/bin/python3"},
+        },
+    })
+
+
+SERVICES = services_yaml(PAYLOAD)
+# Plain values, and hostile ones. With hostile values three checks are about the
+# values, not the program: a quoted `$(...)` (SC2016: "expressions don't expand in
+# single quotes", which is the point) and a quoted `"` kept in a variable
+# (SC2089/SC2090: "quotes will be treated literally", also the point).
+CASES = {"plain": ("x", "/srv/svc", ""), "hostile": (PAYLOAD, HOSTILE_DIR, ",SC2016,SC2089,SC2090")}
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    return parse(SERVICES, "services.yaml", str(tmp_path_factory.mktemp("cfg")))
+
+
+def _scripts(cfg, v: str, d: str) -> dict[str, str]:
+    """Every remote program, with the variants that render differently."""
+    host = cfg.hosts["web-0"]
+    out: dict[str, str] = {}
+    record = lock.owner_record("deploy")
+    for name in ("air", "skiff", "harbor"):
+        s = cfg.service(name)
+        k = f"{name}"
+        for static in ("run", "reuse"):
+            for build in ("run", "reuse"):
+                out[f"stage:{k}:{static}:{build}"] = releases.stage_script(
+                    s, host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33,
+                    {"ref": v, "deployed_by": v}, static=static, build=build)
+        out[f"setup:{k}"] = releases.setup_script(s, host, d)
+        out[f"layout:{k}"] = releases.layout_script(d)
+        out[f"mirror:{k}"] = releases.mirror_script(s, d, "f" * 40)
+        out[f"venv:{k}"] = venv.build_script(s, d, d + "/releases/R")
+        out[f"tools:{k}"] = venv.tools_script(s, d)
+        out[f"files:{k}"] = releases.service_files_script(s, host, d, supervisord_next=True)
+        for force in (False, True):
+            out[f"activate:{k}:{force}"] = releases.activate_script(s, d, v, force_restart=force)
+        out[f"wait_ready:{k}"] = releases.wait_ready_script(s, d, v, 12.5)
+        for hard in (False, True):
+            out[f"reload:{k}:{hard}"] = releases.reload_script(s, d, hard=hard)
+        out[f"stop:{k}"] = releases.stop_script(s, d)
+        out[f"inspect:{k}"] = hoststate.inspect_script(s, d)
+        out[f"ensure:{k}"] = supervisor.ensure_running_script(d)
+    s = cfg.service("harbor")
+    for reuse in (False, True):
+        out[f"build:{reuse}"] = "R=/srv/harbor/releases/R\n" + releases.build_script(
+            s, d, d + "/releases/R", reuse=reuse)
+    air = cfg.service("air")
+    out["prune"] = releases.prune_script(d, 3, [v, None])
+    out["prune:none"] = releases.prune_script(d, 5, [])
+    out["mark_rejected"] = releases.mark_rejected_script(d, v)
+    out["manage"] = releases.manage_script(air, d, v, ["migrate", "--noinput", v, v])
+    out["manage:str"] = releases.manage_script(air, d, "R", "showmigrations --list")
+    out["migrate"] = releases.migrate_script(air, d, v)
+    out["read_migrations"] = releases.read_migrations_script(d, [v, "R 2"])
+    out["lock_acquire"] = lock.acquire_script(d + "/.lock", json.dumps(dict(record, user=v)))
+    out["lock_heartbeat"] = lock.heartbeat_script(d + "/.lock", record["id"])
+    out["lock_release"] = lock.release_script(d + "/.lock", record["id"])
+    out["lock_takeover"] = lock.takeover_script(d + "/.lock", v)
+    out["lock_note"] = lock.note_script(d + "/.lock", record["id"], json.dumps(dict(record, wave=v)))
+    out["lock_read"] = lock.read_lock_script(d + "/.lock")
+    out["lock_remove"] = lock.remove_lock_script(d + "/.lock", v)
+    out["lock_remove:any"] = lock.remove_lock_script(d + "/.lock", None)
+    out["media"] = releases.media_script(air, d, v)
+    out["history_append"] = lock.history_append_script(d, {"user": v})
+    out["history_read"] = lock.history_read_script(d, 20)
+    out["log_size"] = gate.log_size_script(d + "/log/access.log")
+    out["log_read"] = gate.log_read_script(d + "/log/access.log", 1234)
+    out["write_file"] = write_file(d + "/x", v, 0o600)
+    paths = monitor.log_paths(air, d)
+    out["tail"] = monitor.tail_script(paths, 20, follow=False)
+    out["tail:follow"] = monitor.tail_script(paths, 20, follow=True)
+    return out
+
+
+def shellcheck(files: dict[str, str], shell: str, tmp: Path, exclude: str = "") -> str:
+    """shellcheck's findings on every file (one run for all), or "" when clean."""
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is not installed (Debian package `shellcheck`; .ci/run "
+                    "installs it): the remote scripts cannot be checked", pytrace=False)
+    paths = []
+    for i, (name, text) in enumerate(files.items()):
+        path = tmp / f"{i:03d}-{name.replace('/', '_')}.sh"
+        path.write_text(text)
+        paths.append(str(path))
+    # SC1091: `.deploy/env` is sourced on the host; there is no file to follow here.
+    r = subprocess.run(["shellcheck", "-s", shell, "-f", "gcc", "-e", "SC1091" + exclude,
+                        *paths], capture_output=True, text=True)
+    assert r.returncode in (0, 1), r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_remote_program_passes_shellcheck_as_the_host_receives_it(tmp_path, case):
+    v, d, exclude = CASES[case]
+    cfg = parse(services_yaml(v), "services.yaml", str(tmp_path))
+    scripts = _scripts(cfg, v, d)
+    assert len(scripts) > 60
+    programs = {name: stdin_program(script) for name, script in scripts.items()}
+    programs.update({f"{n}:stream": stream_program(scripts[n]) for n in ("tail", "tail:follow")})
+    if case == "plain":  # markupsafe never got to HTML-escape anything
+        assert not [n for n, p in programs.items() if re.search(r"&(amp|lt|gt|#3[49]);", p)]
+    assert shellcheck(programs, "bash", tmp_path, exclude) == ""
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rendered_launchers_pass_shellcheck_as_sh(tmp_path, case):
+    v, d, exclude = CASES[case]
+    cfg = parse(services_yaml(v), "services.yaml", str(tmp_path))
+    host = cfg.hosts["web-0"]
+    files = {}
+    for name in ("air", "skiff", "harbor"):
+        s = cfg.service(name)
+        for f in render.service_files(s, host, d) + render.release_files(s, host, d, "R1", "c" * 40):
+            if f.path in ("bin/ctl", f"etc/init.d/{name}", ".deploy/start"):
+                files[f"{name}-{f.path}"] = f.content
+    assert len(files) == 9
+    assert shellcheck(files, "sh", tmp_path, exclude) == ""
+
+
+def test_a_value_that_is_not_quoted_does_not_render():
+    env = render._script_env()
+    with pytest.raises(render.UnquotedValue, match="shquote"):
+        env.from_string("rm -rf {{ path }}").render(path="/ x")
+    assert env.from_string("rm -rf {{ path | shquote }} {{ n }}").render(
+        path="/ x", n=3) == "rm -rf '/ x' 3"
+
+
+def test_no_template_interpolates_inside_double_quotes():
+    # shquote's output is a word for the shell to read, not text inside "...", where
+    # $(...) in the value would still run. printf '%s' with quoted arguments instead.
+    for path in (render.TEMPLATES / "remote").glob("*.j2"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split(" #")[0]
+            quoted = False
+            for i, ch in enumerate(code):
+                if ch == '"' and code[i - 1:i] != "\\":
+                    quoted = not quoted
+                elif code.startswith("{{", i):
+                    assert not quoted, f"{path.name}:{n}: {{{{ }}}} inside double quotes"
+
+
+# --- running them ------------------------------------------------------------------
+
+
+def run(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The way a host runs a program: `bash -s`, the program on stdin."""
+    return subprocess.run(["bash", "-s"], input=stdin_program(script), capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """A directory to run in (MARK would appear here) and a hostile service dir."""
+    yield tmp_path, tmp_path / "it's \"odd\" $(touch MARK) `touch MARK`" / "svc"
+    assert not list(tmp_path.rglob("MARK")), "a payload ran"
+
+
+def test_pip_args_reach_pip_as_the_words_they_are(cfg, sandbox):
+    cwd, d = sandbox
+    fake = cwd / "python3"
+    # `-m venv DIR` makes a DIR/bin/pip that records its arguments, one per line.
+    fake.write_text(f"""#!/bin/bash
+if [ "$1" = -m ]; then
+  mkdir -p "$3/bin"
+  printf '#!/bin/bash\\nprintf "%%s\\\\n" "$@" > %s\\n' {render.shquote(str(cwd / "pip-args"))} > "$3/bin/pip"
+  chmod +x "$3/bin/pip"
+else
+  echo 3.11.2
+fi
+""")
+    fake.chmod(0o755)
+    s = dataclasses.replace(cfg.service("air"), python=str(fake))
+    script = venv.build_script(s, str(d), str(d / "releases" / "R"))
+    (d / "venvs").mkdir(parents=True)
+    r = run(script, cwd)
+    assert r.returncode == 0, r.stderr
+    args = (cwd / "pip-args").read_text().splitlines()
+    assert args == ["install", "-q", "--disable-pip-version-check", "--no-index",
+                    "--find-links", "/w h/$(touch MARK)", "--extra-index-url",
+                    "http://x/?a=1&b=$HOME;", "-r", "/dev/null", "gunicorn>=21"]
+    assert facts(r.stdout)["venv"].startswith("built ")
+    assert facts(run(script, cwd).stdout)["venv"].startswith("reused ")  # same key
+
+
+def test_pip_args_with_an_open_quote_is_a_config_error(cfg):
+    bad = dataclasses.replace(cfg.service("air"), pip_args="--no-index --find-links 'open")
+    with pytest.raises(ConfigError, match="pip_args"):
+        venv.build_script(bad, "/srv/air", "/srv/air/releases/R")
+
+
+def test_the_repo_url_is_an_argument_and_text_in_the_missing_commit_error(cfg, sandbox):
+    cwd, d = sandbox
+    d.mkdir(parents=True)
+    origin = cwd / f"{PAYLOAD}.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    s = dataclasses.replace(cfg.service("air"), repo=str(origin))
+    r = run(releases.mirror_script(s, str(d), "ab" * 20), cwd)
+    assert (d / "repo" / "HEAD").exists()  # cloned from there
+    assert r.returncode == 1
+    assert f"commit {'ab' * 6} is not in {origin}: push it first" in r.stderr
+    r = run(releases.mirror_script(s, str(d), "ab" * 20), cwd)  # the update path
+    assert f"is not in {origin}: push it first" in r.stderr
+
+
+def test_migration_names_and_releases_are_arguments_not_code(cfg, sandbox):
+    cwd, d = sandbox
+    rel = d / "releases" / PAYLOAD
+    (rel / ".deploy" / "venv" / "bin").mkdir(parents=True)
+    (rel / ".deploy" / "env").write_text(f"SECRET={shlex.quote(PAYLOAD)}\n")
+    py = rel / ".deploy" / "venv" / "bin" / "python"
+    py.write_text('#!/bin/bash\nprintf "<%s>\\n" "$@" "$SECRET"\n')
+    py.chmod(0o755)
+    (rel / ".deploy" / "migrations.json").write_text('{"app": "0002_x"}\n')
+    s = cfg.service("air")
+    r = run(releases.manage_script(s, str(d), PAYLOAD, ["migrate", "--noinput", "app", PAYLOAD]),
+            cwd)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["<manage.py>", "<migrate>", "<--noinput>", "<app>",
+                                     f"<{PAYLOAD}>", f"<{PAYLOAD}>"]
+    r = run(releases.read_migrations_script(str(d), [PAYLOAD, "missing"]), cwd)
+    assert fact_list(r.stdout, "migrations") == [f'{PAYLOAD} {{"app": "0002_x"}}',
+                                                  "missing null"]
+
+
+def test_lock_history_prune_and_inspect_in_a_hostile_directory(cfg, sandbox):
+    cwd, d = sandbox
+    path = str(d / ".lock")
+    record = lock.owner_record("deploy")
+    assert lock.parse_holder(run(lock.acquire_script(path, json.dumps(record)), cwd).stdout) \
+        is None
+    held = lock.parse_holder(run(lock.acquire_script(path, '{"user": "other"}'), cwd).stdout)
+    assert held["id"] == record["id"] and held["age"] is not None
+    run(lock.release_script(path, "someone-else"), cwd)
+    assert os.path.exists(path)  # not ours to release
+    run(lock.release_script(path, record["id"]), cwd)
+    assert not os.path.exists(path)
+
+    big = {"user": PAYLOAD, "hosts": ["web-%d" % i for i in range(30000)]}  # > 128 KiB
+    assert len(json.dumps(big)) > 200_000
+    for _ in range(2):
+        assert run(lock.history_append_script(str(d), big), cwd).returncode == 0
+    lines = (d / "history.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [big, big]
+    assert run(lock.history_read_script(str(d), 1), cwd).stdout.strip() == lines[-1]
+
+    names = [f"2026010{i}T000000Z-{PAYLOAD[:1]}aaaaa{i}" for i in range(1, 6)]
+    for n in names + ["20260109T000000Z-halfmade"]:
+        (d / "releases" / n / ".deploy").mkdir(parents=True)
+        (d / "releases" / n / ".deploy" / "venv").symlink_to(d / "venvs" / "k1")
+    for n in names:
+        (d / "releases" / n / ".deploy" / "staged").touch()
+    (d / "venvs" / "k1").mkdir(parents=True)
+    (d / "venvs" / "k2").mkdir()
+    os.symlink(f"releases/{names[2]}", d / "current")
+    r = run(releases.prune_script(str(d), 2, [names[1]]), cwd)
+    assert r.returncode == 0, r.stderr
+    assert sorted(fact_list(r.stdout, "pruned")) == [names[0]]
+    assert fact_list(r.stdout, "pruned_venv") == ["k2"]
+    left = sorted(p.name for p in (d / "releases").iterdir())
+    assert left == names[1:]  # the half-made one is gone; current and protected stay
+
+    st = hoststate.parse_inspect(run(hoststate.inspect_script(cfg.service("air"), str(d)),
+                                    cwd).stdout, "air")
+    assert st.current == names[2] and st.releases == names[1:]
+
+
+def test_write_file_is_0600_from_creation_and_survives_hostile_content(sandbox):
+    cwd, d = sandbox
+    d.mkdir(parents=True)
+    # A watcher would see the temporary file too: umask 077 covers it.
+    r = run(write_file(str(d / "env"), PAYLOAD + "\n", 0o600)
+            + "\nstat -c %a " + render.shquote(str(d / "env")), cwd)
+    assert r.stdout.strip() == "600" and (d / "env").read_text() == PAYLOAD + "\n"
+    r = run(write_file(str(d / "no-such-dir" / "f"), "x", 0o644) + "\necho still-here", cwd)
+    assert r.returncode != 0 and "still-here" not in r.stdout  # set -e stops at a failed write
+
+
+# --- the transport: stdin, never argv -----------------------------------------------
+
+
+def test_local_target_runs_scripts_from_stdin_not_argv(tmp_path):
+    cfg = parse(f"hosts:\n  h0: {{local: true, root: {tmp_path}}}\nservices:\n"
+                "  svc: {kind: command, command: x, repo: /r.git, hosts: [h0], port: 9000}\n",
+                str(tmp_path / "s.yaml"), str(tmp_path))
+    with Fleet(cfg, ["h0"]) as fleet:
+        t = fleet["h0"]
+        r = t.run(f"echo {render.shquote(PAYLOAD)} >/dev/null\n"
+                  "tr '\\0' ' ' < /proc/$$/cmdline; echo\ncat; echo after-cat")
+        assert r.stdout.splitlines() == ["bash -s ", "after-cat"]  # cat read nothing
+        assert t.run("false\necho not-reached", check=False).exited == 1  # -e
+        assert t.run("echo $UNSET_VAR_X", check=False).exited != 0  # -u
+
+
+def test_a_program_cut_short_runs_nothing(tmp_path):
+    program = stdin_program(f"touch {render.shquote(str(tmp_path / 'first'))}\necho second\n")
+    r = subprocess.run(["bash", "-s"], input=program[:-10], capture_output=True, text=True)
+    assert r.returncode != 0 and not (tmp_path / "first").exists()
