@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 
 import requests
 
-from . import health, probe, render
-from .errors import ConnectionFailed, HealthGateFailed
+from . import health, lb, probe, render
+from .errors import ConnectionFailed, DeployError, HealthGateFailed
 from .inventory import each
 
 
@@ -115,6 +115,33 @@ class AccessLogs:
                 for n, text in texts.items()}
 
 
+class HAProxyCounts:
+    """`gate.source: haproxy`: each host's requests and errors (5xx answers, connection
+    and response errors) counted by HAProxy since this object was made. The same
+    interface as AccessLogs; the window runs from the snapshot to each call."""
+
+    def __init__(self, service, config, names: list[str]):
+        self.service, self.config = service, config
+        self.base = self._read(names)
+
+    def _read(self, names: list[str]) -> dict[str, dict[str, int]]:
+        try:
+            with lb.connect(self.service, self.config) as balancer:
+                return balancer.counters(names)
+        except DeployError as e:
+            raise HealthGateFailed("cannot read HAProxy's counters, so the gate has no "
+                                   f"evidence: {e}") from None
+
+    def counts(self, names, start=None, end=None) -> dict[str, health.Counts]:
+        now = self._read(list(names))
+        out = {}
+        for n in names:
+            a, b = self.base.get(n, {}), now[n]
+            errors = sum(b[k] - a.get(k, 0) for k in ("hrsp_5xx", "econ", "eresp"))
+            out[n] = health.Counts(max(0, errors), max(0, b["requests"] - a.get("requests", 0)))
+        return out
+
+
 def pool(counts: dict, names) -> health.Counts:
     """The counts of `names` added up (hosts of a wave, log plus probes)."""
     return sum((counts[n] for n in names), health.Counts(0, 0))
@@ -139,10 +166,13 @@ def bake(fleet, service, new: list[str], old: list[str], say) -> health.Verdict:
     try:
         began = time.time()
         # Where each log stands now: lines after it that fall in the window are counted.
-        logs = AccessLogs(fleet, service, new + old)
+        if settings.source == "logs":
+            logs = AccessLogs(fleet, service, new + old)
         time.sleep(max(0.0, settings.warmup - (time.time() - began)))
         # Whole seconds (see the module docstring); the bake is rounded up to them.
         start = math.ceil(time.time())
+        if settings.source == "haproxy":  # its counters from now on (lb.py)
+            logs = HAProxyCounts(service, fleet.config, new + old)
         deadline = start + math.ceil(settings.bake)
         step = max(1.0, settings.bake / 4)
         extensions = 0

@@ -32,6 +32,7 @@ def inspect_script(service, dir: str) -> str:
 
 def parse_inspect(stdout: str, service_name: str) -> HostState:
     state = HostState()
+    status_lines: list[str] = []  # one per process: a service may run two slots
     for line in stdout.splitlines():
         if not line.startswith("@@"):
             continue
@@ -49,7 +50,9 @@ def parse_inspect(stdout: str, service_name: str) -> HostState:
             except ValueError:
                 state.manifest = {}
         elif key == "status":
-            state.process = supervisor.parse_status(value, service_name)
+            status_lines.append(value)
+    if status_lines:
+        state.process = supervisor.parse_status("\n".join(status_lines), service_name)
     state.releases.sort()
     return state
 

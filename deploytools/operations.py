@@ -9,7 +9,7 @@ import json
 import time
 
 from . import lock as lock_mod
-from . import releases, signals
+from . import lb, releases, signals
 from .errors import DeployError, LockedError, RestoreFailed, UsageError, errors_text
 from .hoststate import commit_of, fleet_rollback_target, inspect_all
 from .inventory import each
@@ -215,7 +215,9 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
                 if targets[t.name] == st.current:
                     report.event("restored", f"  {t.name}: already on {st.current}", host=t.name)
                     return "noop"
-                releases.restore(service, t, targets[t.name])
+                with lb.around_activation(balancer, service, t, targets[t.name],
+                                          say=report.event):
+                    releases.restore(service, t, targets[t.name])
                 report.event("restored", f"  {t.name}: {st.current} -> {targets[t.name]}",
                              host=t.name, release=targets[t.name])
                 return "restored"
@@ -237,7 +239,8 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
                                      "code runs on the newer schema. To reverse them too: "
                                      f"deploytools rollback:{service.name},migrate=true",
                                      migrations=delta)
-            _, errors = each(fleet, back, parallel=service.parallel)
+            with lb.connect(service, session.config) as balancer:
+                _, errors = each(fleet, back, parallel=service.parallel)
             record["outcome"] = "unrestored" if errors else "success"
             record["duration"] = round(time.monotonic() - started, 2)
 
@@ -269,12 +272,16 @@ def restart(session, name: str, *, hard: bool = False) -> None:
 
         def go(t):
             d = service.dir_on(t.host)
-            t.run(releases.reload_script(service, d, hard=hard), what="restarting")
             current = states[t.name].current
-            releases.wait_ready(service, t, current)
+            with lb.around_activation(balancer, service, t, current,
+                                      restart=hard or service.reload_signal == "restart",
+                                      say=report.event):
+                t.run(releases.reload_script(service, d, hard=hard), what="restarting")
+                releases.wait_ready(service, t, current)
             report.event("restarted", f"  {t.name}: {'restarted' if hard else 'reloaded'} "
                                       f"{current}", host=t.name, release=current)
-        _, errors = each(fleet, go, parallel=service.parallel)
+        with lb.connect(service, session.config) as balancer:
+            _, errors = each(fleet, go, parallel=service.parallel)
         if errors:
             raise DeployError(f"restart of {service.name} failed:\n" + errors_text(errors))
 
@@ -283,6 +290,7 @@ def status(session, name: str) -> list[dict]:
     service, hosts = _service_and_hosts(session, name)
     with session.fleet(hosts) as fleet:
         states = inspect_all(service, fleet)
+    lb_states = lb.states_or_error(service, session.config, hosts)
     repo = None
     rows = []
     for h in hosts:
@@ -303,8 +311,10 @@ def status(session, name: str) -> list[dict]:
                      "state": proc.state if proc else ("NOT DEPLOYED" if not st.current else "DOWN"),
                      "pid": proc.pid if proc else None, "uptime": proc.uptime if proc else None,
                      "health": seen, "healthy": healthy, "releases": len(st.releases)})
+        if lb_states is not None:
+            rows[-1]["lb"] = lb_states.get(h, "?")
     session.reporter.table(rows, ["host", "release", "commit", "tag", "state", "pid", "uptime",
-                                  "health"])
+                                  "health"] + (["lb"] if lb_states is not None else []))
     for row in rows:
         session.reporter.event("status", "", service=service.name, **row)
     return rows

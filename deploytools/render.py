@@ -139,7 +139,7 @@ def service_env(service, host, dir: str, release: str, commit: str) -> dict[str,
 
 def release_files(service, host, dir: str, release: str, commit: str) -> list[File]:
     ctx = dict(service=service, dir=dir, release=release, bind=bind_for(service, host),
-               templates=service.templates)
+               inherit=service.socket == "inherit", templates=service.templates)
     files = [
         File(".deploy/env", render("env.j2", env=service_env(service, host, dir, release, commit),
                                    **ctx), 0o600),
@@ -151,7 +151,8 @@ def release_files(service, host, dir: str, release: str, commit: str) -> list[Fi
 
 
 def service_files(service, host, dir: str) -> list[File]:
-    ctx = dict(service=service, dir=dir, templates=service.templates)
+    ctx = dict(service=service, dir=dir, bind=bind_for(service, host),
+               inherit=service.socket == "inherit", templates=service.templates)
     return [
         File("etc/supervisord.conf", render("supervisord.conf.j2", **ctx)),
         File("bin/ctl", render("ctl.j2", **ctx), 0o755),

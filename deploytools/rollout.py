@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import gate
+from . import gate, lb
 from . import lock as lock_mod
 from . import releases, signals
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
@@ -320,17 +320,21 @@ class Rollout:
 
         def activate(t):
             run = self.runs[t.name]
-            run.activated = True  # from here on, `current` may have moved
-            try:
-                mode = releases.switch(svc, t, self.release)
-            except ConnectionFailed as e:
-                run.activated = e.delivered  # never sent: the host is as it was
-                raise
-            releases.wait_ready(svc, t, self.release)
+            # With an `lb:`, a host that restarts is drained first and back in the pool
+            # only once it serves the new release (lb.py).
+            with lb.around_activation(balancer, svc, t, self.release, say=self.say):
+                run.activated = True  # from here on, `current` may have moved
+                try:
+                    mode = releases.switch(svc, t, self.release)
+                except ConnectionFailed as e:
+                    run.activated = e.delivered  # never sent: the host is as it was
+                    raise
+                releases.wait_ready(svc, t, self.release)
             run.steps.append(f"activate_{mode}")
             self.say("activated", f"  {t.name}: serving {self.release} ({mode})", host=t.name,
                      mode=mode)
-        _, errors = self.parallel([self.fleet[h] for h in wave], activate)
+        with lb.connect(svc, self.config) as balancer:
+            _, errors = self.parallel([self.fleet[h] for h in wave], activate)
         if errors:
             lost = all(isinstance(e, ConnectionFailed) for e in errors.values())
             raise (ConnectionFailed if lost else DeployError)(errors_text(errors))
@@ -357,16 +361,21 @@ class Rollout:
         self.say("rollback", f"rolling back {', '.join(touched)}: {reason.splitlines()[0]}",
                  hosts=touched)
         failed: dict[str, BaseException] = {}
-        for name in touched:
-            t = self.fleet[name]
-            try:
-                releases.restore(self.service, t, self.runs[name].previous)
-                if reject:
-                    t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
-                self.say("restored", f"  {name}: back on {self.runs[name].previous or 'nothing'}",
-                         host=name)
-            except DeployError as e:
-                failed[name] = e
+        with lb.connect(self.service, self.config) as balancer:
+            for name in touched:
+                t = self.fleet[name]
+                try:
+                    # A drained host returns to the pool only once restored and healthy.
+                    with lb.around_activation(balancer, self.service, t,
+                                              self.runs[name].previous, say=self.say):
+                        releases.restore(self.service, t, self.runs[name].previous)
+                    if reject:
+                        t.run(releases.mark_rejected_script(self.dir(t), self.release),
+                              check=False)
+                    self.say("restored", f"  {name}: back on "
+                                         f"{self.runs[name].previous or 'nothing'}", host=name)
+                except DeployError as e:
+                    failed[name] = e
         for name in self.hosts if reject else ():
             if not self.runs[name].activated:
                 t = self.fleet[name]

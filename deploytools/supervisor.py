@@ -39,13 +39,22 @@ _RUNNING = re.compile(r"pid (?P<pid>\d+), uptime (?P<uptime>[\d:]+(?: days?, [\d
 
 
 def parse_status(output: str, name: str) -> ProcessStatus:
-    """Parse `supervisorctl status NAME` (one line; may be an error message)."""
+    """Parse `supervisorctl status NAME:*`: one line per process (may be an error message).
+
+    A plain program is one line (`NAME` or `NAME:NAME`); a service whose socket
+    supervisord holds runs two slots (`NAME:NAME_0`, `NAME:NAME_1`), summed up as
+    one status: RUNNING only when every slot is, else the first slot that is not.
+    """
+    slot = re.compile(rf"(?:{re.escape(name)}:)?{re.escape(name)}(?:_\d+)?")
+    found: list[ProcessStatus] = []
     for line in output.splitlines():
         m = _STATUS.match(line.strip())
-        if not m or m.group("name").split(":")[-1] != name:
+        if not m or not slot.fullmatch(m.group("name")):
             continue
         rest = m.group("rest").strip()
         r = _RUNNING.search(rest)
-        return ProcessStatus(name, m.group("state"), int(r.group("pid")) if r else None,
-                             r.group("uptime") if r else None, rest)
-    return ProcessStatus(name, "UNKNOWN", None, None, output.strip()[:200])
+        found.append(ProcessStatus(name, m.group("state"), int(r.group("pid")) if r else None,
+                                   r.group("uptime") if r else None, rest))
+    if not found:
+        return ProcessStatus(name, "UNKNOWN", None, None, output.strip()[:200])
+    return next((p for p in found if p.state != "RUNNING"), found[0])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from deploytools.config import (
-    DEFAULTABLE, GATE, HEALTH, HOST, HOST_NAME_RULE, SERVICE, SERVICE_NAME_RULE, SSH, TOP,
+    DEFAULTABLE, GATE, HEALTH, HOST, HOST_NAME_RULE, LB, SERVICE, SERVICE_NAME_RULE, SSH, TOP,
     Setting,
 )
 from deploytools.config.declare import nonblank
@@ -142,6 +142,14 @@ def reference_markdown() -> str:
         "After each wave the new hosts' error rate is compared with the old hosts' (the "
         "baseline) and with a ceiling; a fail rolls back every host the deploy touched. "
         "Every number of that decision is here.\n", _table(GATE),
+        "## `lb:` (in a service or in `defaults:`)\n",
+        "HAProxy in front of the service's hosts, driven through its runtime API (the admin "
+        "socket, on the LB host, over SSH). Before a host is activated with a restart its "
+        "server is set to `drain`, its current sessions are waited down to 0 (at most "
+        "`drain_timeout`), and it is set back to `ready` once it serves; a host whose "
+        "activation fails stays drained until it is restored and healthy. `status` shows "
+        "each host's state in HAProxy. The whole `lb:` mapping is inherited from "
+        "`defaults:` (not merged key by key).\n", _table(LB),
     ]
     return "\n".join(parts)
 

@@ -35,6 +35,17 @@ HOST_NAME_RULE = "use letters, digits, '.', '_' and '-', starting with a letter 
 KINDS = ("django", "flask", "wsgi", "command")
 WSGI_KINDS = ("django", "flask", "wsgi")
 RELOAD_SIGNALS = ("HUP", "USR1", "USR2", "TERM", "restart")
+SOCKET_MODES = ("inherit", "bind")  # see deploytools/handoff.py
+_HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:{}-]+")
+
+
+def haproxy_name(value: str) -> None:
+    if not _HAPROXY_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an HAProxy name: use letters, digits, '-', '_', "
+                         "'.' and ':' ({host} stands for the host's name)")
+
+
+haproxy_name.expect = "an HAProxy name"  # type: ignore[attr-defined]
 # Defaults that differ by kind. gunicorn reloads gracefully on HUP; any other
 # program is restarted unless it says how it reloads (a JVM, for one, exits on HUP).
 # And a program may start slowly (a JVM, a big app): readiness waits longer for it.
@@ -206,10 +217,35 @@ class Gate(Declared):
     probe_interval: float = setting(
         NUMBER, 0.2, all_of(positive, at_most(3600, "seconds")),
         "Seconds between the tool's own probes of each new host during the bake.")
+    source: str = setting(
+        STR, "logs", one_of("logs", "haproxy"),
+        "Where the gate counts requests and errors besides its own probes: `logs`, each "
+        "host's access log; `haproxy`, HAProxy's per-server counters (`lb:` required): "
+        "responses 5xx, connection and response errors, as the load balancer saw them.")
+
+
+@dataclass(frozen=True)
+class Lb(Declared):
+    """`lb:`: HAProxy in front of the service, driven through its admin socket."""
+
+    host: str = setting(
+        STR, REQUIRED, nonblank,
+        "Host (from `hosts:`) that runs HAProxy; reached over SSH like any host.")
+    socket: str = setting(
+        PATH, REQUIRED, absolute_path,
+        "Path of HAProxy's admin socket on that host (`stats socket PATH level admin`).")
+    backend: str = setting(STR, REQUIRED, haproxy_name, "HAProxy backend that holds the service's hosts.")
+    server: str = setting(
+        STR, "{host}", haproxy_name,
+        "HAProxy server name of each host; `{host}` stands for the host's name.")
+    drain_timeout: float = setting(
+        NUMBER, 30.0, all_of(non_negative, at_most(3600, "seconds")),
+        "Seconds to wait for a drained host's sessions to reach 0 before its restart.")
 
 
 SSH = settings_of(Ssh)
 HOST = settings_of(Host)
+LB = settings_of(Lb)
 HEALTH = settings_of(Health)
 GATE = settings_of(Gate)
 
@@ -306,6 +342,20 @@ class Service(Declared):
         "program is restarted unless you name the signal it reloads on (a JVM exits on "
         "HUP). A restart is always used when the virtualenv or environment changed.",
         doc_default="`\"HUP\"`; `\"restart\"` for command")
+    socket: str = setting(
+        STR, BY_KIND, one_of(*SOCKET_MODES),
+        "Who owns the listening socket. `inherit`: supervisord holds it and hands it to the "
+        "program as fd 0, in two slots restarted one at a time, so a restart (new "
+        "virtualenv, changed env, `hard=true`) refuses no connection; gunicorn binds "
+        "`fd://0`. `bind`: the program binds `HOST:PORT` itself and a restart drops "
+        "connections until it listens again. A `command` program may inherit if it serves "
+        "the listening socket it finds on fd 0 and two copies of it may run side by side.",
+        doc_default="`inherit`; `bind` for command")
+    lb: Lb | None = setting(
+        Section("mapping (see lb)", LB), None, None,
+        "HAProxy in front of the service, see below: each host is drained before a "
+        "restart and put back once it serves.", defaultable=True,
+        doc_default="unset: no load balancer")
     migrate: bool = setting(
         BOOL, DJANGO_ONLY, None,
         "Run `manage.py migrate` once per deploy, before the canary (django only).",

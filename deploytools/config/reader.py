@@ -22,7 +22,7 @@ from .declare import (
     did_you_mean, safe_path, show,
 )
 from .model import (
-    DEFAULTABLE, GATE, HEALTH, HEALTH_TIMEOUT_DEFAULT, HOST, HOST_NAME, HOST_NAME_RULE,
+    DEFAULTABLE, GATE, HEALTH, HEALTH_TIMEOUT_DEFAULT, HOST, HOST_NAME, HOST_NAME_RULE, LB, Lb,
     RELOAD_DEFAULT, SERVICE, SERVICE_NAME, SERVICE_NAME_RULE, SSH, TOP, WSGI_KINDS, Config,
     FrozenMap, Gate, Health, Host, Service, Ssh,
 )
@@ -299,6 +299,22 @@ def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, An
                            lines[key])
     if v["reload_signal"] is BY_KIND:
         v["reload_signal"] = RELOAD_DEFAULT.get(kind, "HUP")
+    if v["socket"] is BY_KIND:
+        v["socket"] = "bind" if kind == "command" else "inherit"
+    if v["lb"] is not None:
+        lb_line = lines.get("lb", line)
+        for key, s in LB.items():
+            if s.required and key not in v["lb"]:
+                r.fail(f"{where}.lb", f"missing required key {key!r}: expected {s.expect}.",
+                       lb_line)
+        if v["lb"]["host"] not in hosts:
+            r.fail(f"{where}.lb.host", f"unknown host {v['lb']['host']!r}; declared hosts: "
+                   f"{', '.join(hosts)}.{did_you_mean(v['lb']['host'], hosts)}", lb_line)
+        v["lb"] = Lb(**_fill(LB, v["lb"]))
+    if given.get("gate", {}).get("source", defaults.get("gate", {}).get("source")) == "haproxy" \
+            and v["lb"] is None:
+        r.fail(f"{where}.gate.source", "haproxy needs an lb: block (which HAProxy, which "
+                                       "backend) for this service.", lines.get("gate", line))
     for key in ("migrate", "collectstatic"):
         if v[key] is DJANGO_ONLY:
             v[key] = kind == "django"

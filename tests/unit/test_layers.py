@@ -85,9 +85,9 @@ def test_no_import_cycles():
 # layers below its own. A new module gets a layer here and a line in the doc.
 LAYERS = {
     0: {"errors", "booleans", "waves", "plan", "report", "render"},
-    1: {"config", "script", "vcs", "probe", "inventory", "signals"},
-    2: {"health", "supervisor", "venv"},
-    3: {"hoststate", "lock", "gate", "releases", "lb"},
+    1: {"config", "script", "vcs", "probe", "inventory", "signals", "handoff"},
+    2: {"health", "supervisor", "venv", "lb"},
+    3: {"hoststate", "lock", "gate", "releases"},
     4: {"rollout", "session"},
     5: {"operations", "monitor"},
     6: {"tasks"},
