@@ -184,6 +184,24 @@ def test_the_port_taken_on_one_host_fails_before_any_switch(faults):
     faults.assert_unchanged(before, outcome="failed")
 
 
+def test_the_disk_filling_while_staging(faults):
+    """web-2's venvs/ is a 256 KiB tmpfs: building the new release's virtualenv runs out of
+    space. Staging fails there, nothing switches anywhere, the half-made venv is gone."""
+    before = faults.snapshot()
+    venvs = f"/srv/{SVC}/venvs"
+    faults.env.fleet.ssh("web-2", f"mount -t tmpfs -o size=256k tmpfs {venvs}", check=True)
+    try:
+        r = faults.fab(f"deploy:{SVC},ref=v3", check=False)
+        left = faults.env.fleet.ssh("web-2", f"ls -A {venvs}").stdout.split()
+    finally:
+        faults.env.fleet.ssh("web-2", f"umount {venvs}", check=True)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "web-2" in r.stderr and "No space left on device" in r.stderr, r.stderr
+    assert "no host was switched" in r.stderr and "Traceback" not in r.stderr.split("Error:")[0]
+    assert [x for x in left if not x.endswith(".log")] == []  # the half-built venv was removed
+    faults.assert_unchanged(before, outcome="failed")
+
+
 def test_sshd_killed_mid_wave(faults):
     """web-3 (wave 3) loses its sshd while wave 2 runs: the deploy cannot finish, so the
     hosts it switched go back; web-3 was never switched and still serves v2."""

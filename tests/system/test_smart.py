@@ -153,6 +153,31 @@ def test_failed_deploy_moves_neither_branch_nor_tags(deployenv):
     assert last(deployenv)["outcome"] == "failed"
 
 
+def test_failing_migration_switches_no_host(deployenv):
+    """A migration that fails runs before any activation: every host keeps serving the
+    live release, and the branch, the tags and the lock are as they were."""
+    prod, tg = production(deployenv), tags(deployenv)
+    live = {h: deployenv.current(h, SVC) for h in HOSTS}
+    names = git(repo(deployenv).origin, "ls-tree", "--name-only", f"{prod}:flights/migrations")
+    latest = max(n[:-3] for n in names.split() if n[:4].isdigit())
+    broken = repo(deployenv).commit("a migration that fails", {
+        "flights/migrations/0099_fails.py": (
+            "from django.db import migrations\n\n\n"
+            "class Migration(migrations.Migration):\n"
+            f"    dependencies = [('flights', {latest!r})]\n"
+            "    operations = [migrations.RunSQL('SELECT no_such_column FROM no_such_table')]\n")},
+        branch="failing-migration", base=prod)
+    out = smart_deploy(deployenv, broken, check=False)
+    assert out.returncode == 1, out.stderr
+    assert "migrations of" in out.stderr and "no host was switched" in out.stderr, out.stderr
+    assert "no_such_table" in out.stderr
+    assert {h: deployenv.current(h, SVC) for h in HOSTS} == live
+    assert (production(deployenv), tags(deployenv)) == (prod, tg)
+    assert not any((deployenv.srv(h, SVC) / ".lock").exists() for h in HOSTS)
+    rec = last(deployenv)
+    assert (rec["outcome"], rec["failed_step"]) == ("failed", "migrate")
+
+
 def test_rollback_across_a_migration_warns_by_name(deployenv, postgres):
     out = deployenv.fab(f"rollback:{SVC},to=v3")
     assert "flights.0002_flight_destination" in out.stdout
