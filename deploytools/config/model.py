@@ -247,8 +247,11 @@ class Service(Declared):
         doc_default="one of role, hosts")
     app: str | None = setting(
         STR, None, app_ref,
-        "WSGI application, `module:callable`. Required for django, flask and wsgi; not "
-        "allowed for command.", doc_default="required unless command")
+        "WSGI application as gunicorn takes it: `module:name`, an app factory "
+        "`module:create_app()` or `module:create_app(\"prod\", debug=False)` (literal "
+        "arguments only), or `module` for `module:application`. Checked by gunicorn's own "
+        "rule, without importing the app. Required for django, flask and wsgi; not allowed "
+        "for command.", doc_default="required unless command")
     command: str | None = setting(
         STR, None, shell_line,
         "Command line that runs the service: `/bin/sh` execs it in `<dir>/current` (so the "

@@ -27,6 +27,8 @@ from deploytools.script import fact_list, facts, write_file
 
 PAYLOAD = "x'\";$(touch MARK)`touch MARK`"
 HOSTILE_DIR = "/srv/it's \"odd\" $(touch MARK)/svc"
+# An app factory with a hostile literal: gunicorn takes it, so services.yaml does.
+FACTORY = "skiff.app:create_app(\"it's $(touch MARK) `touch MARK`\", debug=False)"
 PIP_ARGS = "--no-index --find-links '/w h/$(touch MARK)' --extra-index-url 'http://x/?a=1&b=$HOME;'"
 
 
@@ -40,7 +42,8 @@ def services_yaml(v: str) -> str:
                     "branch": "main/x-1", "hosts": ["web-0"], "app": "air.wsgi:application",
                     "port": 8000, "env": {"SECRET_KEY": v, "DATABASE_URL": f"postgres://h/{v}"}},
             "skiff": {"kind": "flask", "repo": "/r/skiff.git", "hosts": ["web-0"],
-                      "app": "skiff.app:app", "port": 8001, "reload_signal": "restart",
+                      "app": FACTORY if v == PAYLOAD else "skiff.app:app", "port": 8001,
+                      "reload_signal": "restart",
                       "requirements": f"req/{v}.txt"},
             "harbor": {"kind": "command", "repo": "git@git.example.com:ops/harbor.git",
                        "hosts": ["web-0"], "port": 8300, "command": "java -jar build/harbor.jar",
@@ -346,3 +349,26 @@ def test_a_program_cut_short_runs_nothing(tmp_path):
     program = stdin_program(f"touch {render.shquote(str(tmp_path / 'first'))}\necho second\n")
     r = subprocess.run(["bash", "-s"], input=program[:-10], capture_output=True, text=True)
     assert r.returncode != 0 and not (tmp_path / "first").exists()
+
+
+def test_an_app_factory_reaches_gunicorn_as_one_word(cfg, sandbox):
+    # start (what supervisord runs) and staging's --check-config both hand gunicorn
+    # the reference exactly as written in services.yaml, quotes and all.
+    cwd, d = sandbox
+    s = dataclasses.replace(cfg.service("skiff"), app=FACTORY)
+    host = cfg.hosts["web-0"]
+    rel = d / "releases" / "R"
+    (rel / ".deploy" / "venv" / "bin").mkdir(parents=True)
+    (d / "current").symlink_to(rel)
+    recorder = rel / ".deploy" / "venv" / "bin" / "gunicorn"
+    recorder.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {render.shquote(str(cwd / 'argv'))}\n")
+    recorder.chmod(0o755)
+    for f in render.release_files(s, host, str(d), "R", "c" * 40):
+        (rel / f.path).write_text(f.content)
+        (rel / f.path).chmod(f.mode)
+    r = subprocess.run([str(rel / ".deploy" / "start")], capture_output=True, text=True, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert (cwd / "argv").read_text().splitlines()[-1] == FACTORY
+    stage = releases.stage_script(s, host, str(d), "R", "c" * 40, {}, static="run", build="run")
+    check = next(line for line in stage.splitlines() if "--chdir \"$R\"" in line)
+    assert shlex.split(check.replace('"$R"', "R"))[-2] == FACTORY  # the word before `>&2`
