@@ -153,6 +153,14 @@ def manage_script(service, dir: str, release: str, command: str | list[str]) -> 
     return render.render_script("manage.sh.j2", rdir=f"{dir}/releases/{release}", args=args)
 
 
+def exec_script(dir: str, command: str) -> str:
+    """Run the shell `command` in the live release, with its env file and virtualenv.
+
+    Prints `@@exec_release NAME`, then the command's output (stderr merged); exits
+    with the command's status."""
+    return render.render_script("exec.sh.j2", dir=dir, command=command)
+
+
 def media_script(service, dir: str, release: str) -> str:
     """Link shared/media into `release` and collect its static files (Django)."""
     return render.render_script("media.sh.j2", dir=dir, release=release) + manage_script(

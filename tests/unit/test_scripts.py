@@ -115,6 +115,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["lock_remove"] = lock.remove_lock_script(d + "/.lock", v)
     out["lock_remove:any"] = lock.remove_lock_script(d + "/.lock", None)
     out["media"] = releases.media_script(air, d, v)
+    out["exec"] = releases.exec_script(d, f"flask --app flaskr init-db {v}")
     out["history_append"] = lock.history_append_script(d, {"user": v})
     out["history_read"] = lock.history_read_script(d, 20)
     out["log_size"] = gate.log_size_script(d + "/log/access.log")
@@ -372,3 +373,30 @@ def test_an_app_factory_reaches_gunicorn_as_one_word(cfg, sandbox):
     stage = releases.stage_script(s, host, str(d), "R", "c" * 40, {}, static="run", build="run")
     check = next(line for line in stage.splitlines() if "--chdir \"$R\"" in line)
     assert shlex.split(check.replace('"$R"', "R"))[-2] == FACTORY  # the word before `>&2`
+
+
+def test_exec_runs_in_the_live_release_with_its_env_and_venv(sandbox):
+    cwd, d = sandbox
+    rel = d / "releases" / "R1"
+    (rel / ".deploy" / "venv" / "bin").mkdir(parents=True)
+    (d / "current").symlink_to(rel)
+    (rel / ".deploy" / "env").write_text("SECRET='s3 cr$t'\n")
+    tool = rel / ".deploy" / "venv" / "bin" / "tool"
+    tool.write_text("#!/bin/sh\necho \"tool from the venv, VIRTUAL_ENV=$VIRTUAL_ENV\"\n")
+    tool.chmod(0o755)
+    command = ('printf "%s\\n" "$SECRET" "$(basename "$PWD")"; tool; echo to-stderr >&2; '
+               "false | true; echo \"unset: ${NOPE:-}\"; exit 3")
+    r = run(releases.exec_script(str(d), command), cwd)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.splitlines() == [
+        "@@exec_release R1", "s3 cr$t", "R1", f"tool from the venv, VIRTUAL_ENV={rel}/.deploy/venv",
+        "to-stderr", "unset: "]
+    assert r.stderr == ""
+
+
+def test_exec_without_a_live_release_runs_nothing(sandbox):
+    cwd, d = sandbox
+    d.mkdir(parents=True)
+    r = run(releases.exec_script(str(d), "touch MARK"), cwd)
+    assert r.returncode == 1
+    assert "@@exec_release" not in r.stdout and "nothing is deployed" in r.stderr
