@@ -41,6 +41,7 @@ RELOAD_SIGNALS = ("HUP", "USR1", "USR2", "TERM", "restart")
 RELOAD_DEFAULT = {"command": "restart"}  # else HUP
 HEALTH_TIMEOUT_DEFAULT = {"command": 30.0}  # else Health.timeout's default
 INCONCLUSIVE_ACTIONS = ("rollback", "proceed")
+INSTALL_METHODS = ("auto", "requirements", "uv", "project", "none")
 
 
 class FrozenMap(Mapping):
@@ -292,7 +293,17 @@ class Service(Declared):
     requirements: str | None = setting(
         PATH, "requirements.txt", relative_path,
         "Requirements file in the repository; `null` for none. A change builds a new "
-        "virtualenv.", nullable=True)
+        "virtualenv. With `install: auto`, a requirements file other than the default "
+        "that is missing from a release is an error.", nullable=True)
+    install: str = setting(
+        STR, "auto", one_of(*INSTALL_METHODS),
+        "How the virtualenv gets the project's dependencies. `auto` looks in the release, "
+        "in this order: the `requirements` file; `uv.lock` (`uv sync --frozen`, needs `uv` "
+        "on the host; `poetry.lock` and `Pipfile.lock` are refused, not yet supported); "
+        "`pyproject.toml`, `setup.py` or `setup.cfg` (`pip install` of the project itself, "
+        "non-editable); else nothing, with a warning. `requirements`, `uv`, `project` or "
+        "`none` choose one, and a missing file is an error at staging. The virtualenv is "
+        "rebuilt exactly when the chosen method's files change.", defaultable=True)
     env: Mapping[str, str] = setting(
         MapOf("mapping NAME: string", env_name, _item(STR, env_value)), None, None,
         "Environment variables. Scalars are taken as written (`010` stays `010`, `yes` "

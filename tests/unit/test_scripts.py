@@ -227,12 +227,15 @@ fi
     s = dataclasses.replace(cfg.service("air"), python=str(fake))
     script = venv.build_script(s, str(d), str(d / "releases" / "R"))
     (d / "venvs").mkdir(parents=True)
+    (d / "releases" / "R").mkdir(parents=True)
+    (d / "releases" / "R" / "requirements.txt").write_text("Django\n")
     r = run(script, cwd)
     assert r.returncode == 0, r.stderr
     args = (cwd / "pip-args").read_text().splitlines()
     assert args == ["install", "-q", "--disable-pip-version-check", "--no-index",
                     "--find-links", "/w h/$(touch MARK)", "--extra-index-url",
-                    "http://x/?a=1&b=$HOME;", "-r", "/dev/null", "gunicorn>=21"]
+                    "http://x/?a=1&b=$HOME;", "-r", str(d / "releases" / "R" / "requirements.txt"),
+                    "gunicorn>=21"]
     assert facts(r.stdout)["venv"].startswith("built ")
     assert facts(run(script, cwd).stdout)["venv"].startswith("reused ")  # same key
 
