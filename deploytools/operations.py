@@ -189,7 +189,7 @@ def exec_command(session, name: str, command: str, *, once: bool = False) -> dic
                    "host": t.name, "hosts": hosts, "release": release,
                    "commit": commit_of(release), "started": started, "user": owner["user"],
                    "job": owner["job"], "exit": r.exited,
-                   "outcome": "ok" if r.exited == 0 else "failed",
+                   "outcome": "success" if r.exited == 0 else "failed",
                    "duration": round(time.monotonic() - t0, 1), "output": _output_tail(output)}
             t.run(lock_mod.history_append_script(d, rec), check=False)
         _, errors = each(fleet, go, parallel=service.parallel)
