@@ -295,11 +295,18 @@ class Service(Declared):
         "Requirements file in the repository; `null` for none. A change builds a new "
         "virtualenv. With `install: auto`, a requirements file other than the default "
         "that is missing from a release is an error.", nullable=True)
+    installer: str = setting(
+        STR, "pip", one_of("pip", "uv"),
+        "What installs into the virtualenv: `pip`, or `uv` (installed once from your index, "
+        "through `pip_args`, into the service's `tools/` next to supervisor; `uv pip install` "
+        "with uv's wheel cache, which every service of the same user on a host shares). A "
+        "uv-built virtualenv has no pip in it. A change builds a new virtualenv.",
+        defaultable=True)
     install: str = setting(
         STR, "auto", one_of(*INSTALL_METHODS),
         "How the virtualenv gets the project's dependencies. `auto` looks in the release, "
-        "in this order: the `requirements` file; `uv.lock` (`uv sync --frozen`, needs `uv` "
-        "on the host; `poetry.lock` and `Pipfile.lock` are refused, not yet supported); "
+        "in this order: the `requirements` file; `uv.lock` (`uv sync --frozen`, with the "
+        "`tools/` uv of `installer: uv`, else a `uv` on the host's PATH; `poetry.lock` and `Pipfile.lock` are refused, not yet supported); "
         "`pyproject.toml`, `setup.py` or `setup.cfg` (`pip install` of the project itself, "
         "non-editable); else nothing, with a warning. `requirements`, `uv`, `project` or "
         "`none` choose one, and a missing file is an error at staging. The virtualenv is "

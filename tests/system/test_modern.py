@@ -9,6 +9,8 @@ venv) and a rollback (back onto the old venv). Times are printed (run with -s).
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import time
 
 import pytest
@@ -21,6 +23,9 @@ SVC = "ketch"
 PORT = 8030
 HOSTS = ["web-0", "web-1"]
 DATABASE = f"/srv/{SVC}/shared/ketch.sqlite"  # each host's own /srv
+UV_SVC = "ketch-uv"
+UV_PORT = 8031
+UV_HOSTS = ["web-2", "web-3"]
 V2_VENVS: dict[str, str] = {}  # the venv of each host before the dependency change
 
 
@@ -31,6 +36,10 @@ def env(deployenv, tmp_path_factory):
         "kind": "flask", "repo": str(deployenv.samples[SVC].origin), "hosts": HOSTS,
         "app": "ketch:create_app()", "port": PORT, "graceful_timeout": 5,
         "health": {"path": "/hello"}, "env": {"KETCH_DATABASE": DATABASE}}}
+    # The same project with installer: uv, on two other hosts (both start cold).
+    data["services"][UV_SVC] = dict(data["services"][SVC], hosts=UV_HOSTS, port=UV_PORT,
+                                    installer="uv", production_branch="production-uv",
+                                    tag_prefix="production-uv-")
     config = tmp_path_factory.mktemp("modern") / "services.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     return dataclasses.replace(deployenv, config=config)
@@ -44,8 +53,8 @@ def served(env, host):
     return env.served(host, PORT) or {}
 
 
-def last(env, host, action=None):
-    recs = [r for r in env.history(host, SVC) if action in (None, r.get("action"))]
+def last(env, host, action=None, service=SVC):
+    recs = [r for r in env.history(host, service) if action in (None, r.get("action"))]
     return recs[-1] if recs else None
 
 
@@ -56,14 +65,16 @@ def sha(env, label):
 def venv_of(env, host):
     """The venv key the live release runs on."""
     link = env.srv(host, SVC) / "current" / ".deploy" / "venv"
-    return link.resolve().name
+    return os.readlink(link).rsplit("/", 1)[1]  # absolute on the host, not here
 
 
 def timed(env, *args, check=True):
     t0 = time.monotonic()
     proc = env.fab(*args, check=check)
     took = time.monotonic() - t0
-    print(f"\n[timing] deploytools {' '.join(args)}: {took:.1f}s")
+    staging = [float(x) for x in re.findall(r": staged \(.*; ([0-9.]+)s\)", proc.stdout)]
+    print(f"\n[timing] deploytools {' '.join(args)}: {took:.1f}s (staging per host: "
+          f"{', '.join(f'{x:.1f}s' for x in staging)})")
     return proc, took
 
 
@@ -153,3 +164,21 @@ def test_rollback_goes_back_onto_the_old_venv(env):
         assert venv_of(env, h) == V2_VENVS[h]
         assert last(env, h)["action"] == "rollback"
     assert get(env, "web-0", "/posts").json() == {"posts": 0}  # shared/ survived it all
+
+
+def test_installer_uv_cold_code_only_and_new_requirement(env):
+    for label, venv_step in (("v1", "venv_built"), ("v2", "venv_reused"), ("v3", "venv_built")):
+        timed(env, f"deploy:{UV_SVC},ref={label}")
+        for h in UV_HOSTS:
+            data = env.served(h, UV_PORT) or {}
+            assert data.get("revision") == sha(env, label), data
+            assert data["code"] == f"/srv/{UV_SVC}/current/ketch/__init__.py"
+            assert venv_step in last(env, h, "deploy", UV_SVC)["steps"]
+    for h in UV_HOSTS:
+        srv = env.srv(h, UV_SVC)
+        assert (srv / "tools" / "bin" / "uv").is_file()  # next to supervisor
+        # (the link is absolute on the host: follow it inside the host's /srv)
+        venv = srv / "venvs" / os.readlink(srv / "current" / ".deploy" / "venv").rsplit("/", 1)[1]
+        assert not (venv / "bin" / "pip").exists()  # built by uv, not pip
+        site = list(venv.glob("lib/python3*/site-packages"))[0]
+        assert (site / "six.py").is_file() and (site / "flask").is_dir()

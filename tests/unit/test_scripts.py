@@ -43,7 +43,7 @@ def services_yaml(v: str) -> str:
                     "port": 8000, "env": {"SECRET_KEY": v, "DATABASE_URL": f"postgres://h/{v}"}},
             "skiff": {"kind": "flask", "repo": "/r/skiff.git", "hosts": ["web-0"],
                       "app": FACTORY if v == PAYLOAD else "skiff.app:app", "port": 8001,
-                      "reload_signal": "restart",
+                      "reload_signal": "restart", "installer": "uv",
                       "requirements": f"req/{v}.txt"},
             "harbor": {"kind": "command", "repo": "git@git.example.com:ops/harbor.git",
                        "hosts": ["web-0"], "port": 8300, "command": "java -jar build/harbor.jar",

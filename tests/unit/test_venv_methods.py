@@ -187,3 +187,26 @@ def test_a_command_service_without_python_files_gets_no_venv(host):
     assert f["venv_method"] == "project" and pip_calls(log) == [
         ["install", "-q", "--disable-pip-version-check", "--no-index", "--find-links", "/w",
          str(rel)]]
+
+
+def test_installer_uv_installs_with_the_tools_uv(host):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"pyproject.toml": PYPROJECT})
+    uv = d / "tools" / "bin" / "uv"
+    uv.parent.mkdir(parents=True)
+    # `uv venv ... DIR` makes DIR/bin/python; every call is recorded.
+    uv.write_text(f"""#!/bin/bash
+printf '%s\\n' "$@" -- >> {render.shquote(str(tmp / 'uv.log'))}
+if [ "$1" = venv ]; then mkdir -p "${{@: -1}}/bin"; fi
+""")
+    uv.chmod(0o755)
+    pip_key = stage(host)[1]["key"]
+    r, f = stage(host, installer="uv")
+    assert r.returncode == 0, r.stderr
+    assert f["venv"].startswith("built ") and f["key"] != pip_key  # the installer is in the key
+    v = f"{d}/venvs/{f['key']}"
+    calls = pip_calls(tmp / "uv.log")
+    assert calls == [["venv", "-q", "--python", str(host[4]), v],
+                     ["pip", "install", "-q", "--python", f"{v}/bin/python", "--no-index",
+                      "--find-links", "/w", str(rel), "gunicorn>=21"]]
+    assert stage(host, installer="uv")[1]["venv"] == f"reused {f['key']}"
