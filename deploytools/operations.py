@@ -133,6 +133,78 @@ def _reverse_migrations(service, t, current: str, target: str, report) -> list[s
     return [f"{app}->{name}" for app, name in commands]
 
 
+# What of a command's output the history keeps, per host (the terminal gets all of it).
+EXEC_HISTORY_LINES = 40
+EXEC_HISTORY_CHARS = 4000
+
+
+def _output_tail(text: str) -> str:
+    tail = "\n".join(text.rstrip("\n").splitlines()[-EXEC_HISTORY_LINES:])
+    return tail[-EXEC_HISTORY_CHARS:]
+
+
+def exec_command(session, name: str, command: str, *, once: bool = False) -> dict[str, int]:
+    """Run a shell command in the live release of each selected host (the first one
+    only with once), with the release's environment and virtualenv; print each host's
+    output prefixed by its name; record it in each host's history. Not under the
+    deploy lock: like Capistrano's invoke, it acts on whatever release is live.
+    Returns each host's exit status; raises DeployError (exit 1) naming the hosts
+    where the command failed or could not run."""
+    if command is None or not str(command).strip():
+        raise UsageError("exec needs a command, e.g. deploytools exec:SERVICE,'flask --app "
+                         "app init-db' (write a ',' in it as '\\,').")
+    if "\0" in command:
+        raise UsageError("the command of exec contains a NUL byte.")
+    service, hosts = _service_and_hosts(session, name)
+    if once:
+        hosts = hosts[:1]
+    report = session.reporter
+    owner = lock_mod.owner_record("exec")
+    started = now_iso()
+    status: dict[str, int] = {}
+    problems: dict[str, str] = {}
+    with session.fleet(hosts) as fleet:
+        def go(t):
+            d = service.dir_on(t.host)
+            t0 = time.monotonic()
+            r = t.run(releases.exec_script(d, command), check=False,
+                      what=f"running {command!r}")
+            first, _, output = r.stdout.partition("\n")
+            if not first.startswith("@@exec_release "):  # it never got to run
+                why = (r.stderr.strip() or r.stdout.strip() or f"exit {r.exited}").splitlines()[-1]
+                problems[t.name] = why
+                raise DeployError(why, host=t.name)
+            release = first.split(" ", 1)[1].strip()
+            output += r.stderr  # only ours (the command's stderr is merged into stdout)
+            status[t.name] = r.exited
+            if r.exited:
+                problems[t.name] = ("timed out" if r.exited == 124 and "timed out" in r.stderr
+                                    else f"exit {r.exited}")
+            lines = output.rstrip("\n").splitlines()
+            report.event("exec_output", "\n".join(f"{t.name}: {line}" for line in lines)
+                         + f"\n{t.name}: [exit {r.exited} in {release}, "
+                           f"{time.monotonic() - t0:.1f}s]",
+                         host=t.name, release=release, exit=r.exited, output=output)
+            rec = {"service": service.name, "action": "exec", "command": command,
+                   "host": t.name, "hosts": hosts, "release": release,
+                   "commit": commit_of(release), "started": started, "user": owner["user"],
+                   "job": owner["job"], "exit": r.exited,
+                   "outcome": "success" if r.exited == 0 else "failed",
+                   "duration": round(time.monotonic() - t0, 1), "output": _output_tail(output)}
+            t.run(lock_mod.history_append_script(d, rec), check=False)
+        _, errors = each(fleet, go, parallel=service.parallel)
+    for h, err in errors.items():
+        problems.setdefault(h, err.message if isinstance(err, DeployError) else str(err))
+    if problems:
+        where = "; ".join(f"{h} ({problems[h]})" for h in hosts if h in problems)
+        ok = [h for h in hosts if status.get(h) == 0]
+        raise DeployError(f"{command!r} failed on {len(problems)} of {len(hosts)} host"
+                          f"{'s' if len(hosts) > 1 else ''}: {where}."
+                          f"{' It succeeded on ' + ', '.join(ok) + '.' if ok else ''} Its output "
+                          f"is above; `deploytools history:{service.name}` keeps the end of it.")
+    return status
+
+
 def media(session, name: str) -> None:
     """Collect static files into the live release and make sure shared/media exists."""
     service, hosts = _service_and_hosts(session, name)

@@ -1,7 +1,8 @@
 """Smart deploy decisions, pure: (what changed between live and target) -> steps.
 
 A step is needed when the change touches its inputs:
-- virtualenv: the requirements file (a new venv, and a restart onto it);
+- virtualenv: a file the install method may read (`dependency_files`: a new
+  venv, and a restart onto it);
 - migrate: a new or changed migration file (`<app>/migrations/NNNN_*.py`);
 - collectstatic: any file under a `static/` directory (otherwise the live
   release's collected files are reused, hard-linked);
@@ -66,8 +67,9 @@ def decide(service, target: str, changes: dict[str, list[str] | None]) -> list[S
         return False, f"{what} unchanged"
 
     if service.kind != "command":
-        req = service.requirements
-        run, why = needed(lambda f: bool(req) and f == req, req or "requirements")
+        inputs = dependency_files(service)
+        run, why = needed(lambda f: f in inputs, "dependencies" if len(inputs) != 1
+                          else inputs[0])
         steps.append(Step("venv", run, why))
     if service.kind == "command" and service.build:
         steps.append(build_step(service, changes, needed))
@@ -90,6 +92,20 @@ def decide(service, target: str, changes: dict[str, list[str] | None]) -> list[S
                       "new virtualenv: the processes restart onto it" if restart
                       else "same virtualenv: graceful reload, no request dropped"))
     return steps
+
+
+LOCK_FILES = ("uv.lock", "poetry.lock", "Pipfile.lock")
+PROJECT_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
+
+
+def dependency_files(service) -> tuple[str, ...]:
+    """The files whose change may change the virtualenv, for the service's `install`.
+    With `auto` the host picks the method from the release, so every candidate counts
+    (the host's venv key decides in the end; this only predicts a restart)."""
+    req = (service.requirements,) if service.requirements else ()
+    return {"requirements": req, "uv": ("uv.lock", "pyproject.toml"),
+            "project": PROJECT_FILES, "none": ()}.get(
+        service.install, req + LOCK_FILES + PROJECT_FILES)
 
 
 def matches_build_inputs(path: str, patterns) -> bool:

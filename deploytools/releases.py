@@ -52,6 +52,7 @@ def setup_script(service, host, dir: str) -> str:
     Prints `@@tools built`, `@@supervisord started`, `@@system_link PATH`."""
     return render.render_script(
         "setup.sh.j2", dir=dir, service=service, supervisor_package=venv.SUPERVISOR,
+        uv_package=venv.UV,
         pip_words=venv.pip_words(service),
         service_files=_service_files(service, host, dir, supervisord_next=False))
 
@@ -151,6 +152,14 @@ def manage_script(service, dir: str, release: str, command: str | list[str]) -> 
     `command` is a list of arguments (each quoted), or a string of fixed words."""
     args = shlex.split(command) if isinstance(command, str) else list(command)
     return render.render_script("manage.sh.j2", rdir=f"{dir}/releases/{release}", args=args)
+
+
+def exec_script(dir: str, command: str) -> str:
+    """Run the shell `command` in the live release, with its env file and virtualenv.
+
+    Prints `@@exec_release NAME`, then the command's output (stderr merged); exits
+    with the command's status."""
+    return render.render_script("exec.sh.j2", dir=dir, command=command)
 
 
 def media_script(service, dir: str, release: str) -> str:

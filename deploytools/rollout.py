@@ -296,6 +296,9 @@ class Rollout:
             run.steps.append("fetch")
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
+            if "warning" in f:
+                self.say("warning", f"  {t.name}: warning: {f['warning']}", host=t.name,
+                         warning=f["warning"])
             if "build" in f:
                 run.steps.append("build" if f["build"] == "ran" else "build_reused")
             if "collectstatic" in f:

@@ -22,7 +22,7 @@ from deploytools import monitor as monitor_mod
 from deploytools import operations, session
 
 __all__ = ["host", "deploy", "restart", "rollback", "status", "setup", "history", "unlock",
-           "smart_deploy", "plan", "migrate", "media", "monitor"]
+           "smart_deploy", "plan", "migrate", "media", "monitor", "exec_"]
 
 
 @task(help={"names": "host names or role names, separated by ',' or ';'"})
@@ -129,6 +129,18 @@ def migrate(c, service, to=None):
         deploytools migrate:airship
     """
     operations.migrate(session.of(c), service, to)
+
+
+@task(name="exec", help={
+    "service": "service name",
+    "command": "shell command, run in the live release (write a ',' in it as '\\,')",
+    "once": "run it on the first selected host only"})
+def exec_(c, service, command, once=False):
+    """Run a command in the live release, with its environment and virtualenv.
+
+        deploytools host:web-0 exec:flaskr,'flask --app flaskr init-db',once=true
+    """
+    operations.exec_command(session.of(c), service, command, once=once)
 
 
 @task(help={"service": "service name"})

@@ -1,7 +1,10 @@
 """Virtualenvs keyed by a hash of what goes into them, reused while that does not change.
 
-The key covers the requirements file, the interpreter's version, the pip
-options and the packages we add (gunicorn), so any change builds a new one.
+How the dependencies are installed is decided on the host, from the release
+(`install: auto`) or by `install:`: a requirements file, `uv.lock`, the project
+itself (pyproject.toml / setup.py / setup.cfg), or nothing. The key covers exactly
+that method's input files, the interpreter's version, the pip options and the
+packages we add (gunicorn), so any change builds a new one.
 A venv is built in place and marked `.complete` only at the end: a half-built
 one (killed deploy) is never reused. The programs are templates/remote/venv.sh.j2
 and tools.sh.j2.
@@ -16,6 +19,8 @@ from .errors import ConfigError
 # Added to every WSGI service's venv; a pin in the service's requirements wins.
 GUNICORN = "gunicorn>=21"
 SUPERVISOR = "supervisor>=4.2"
+# Into the service's tools/ when `installer: uv` (or a uv.lock is installed).
+UV = "uv>=0.4"
 
 
 def extra_packages(service) -> list[str]:
@@ -38,7 +43,7 @@ def context(service, dir: str, release_dir: str) -> dict:
     extras = extra_packages(service)
     # Unchanged since keys were first computed, so existing venvs keep their key.
     key_inputs = f"{service.python}|{service.pip_args}|{' '.join(shlex.quote(p) for p in extras)}"
-    return dict(service=service, dir=dir, requirements=f"{release_dir}/{service.requirements}",
+    return dict(service=service, dir=dir, release_dir=release_dir, uv_package=UV,
                 extras=extras, key_inputs=key_inputs, pip_words=pip_words(service))
 
 
@@ -55,4 +60,5 @@ def tools_script(service, dir: str) -> str:
 
     Prints `@@tools built`."""
     return render.render_script("tools.sh.j2", service=service, dir=dir,
-                                supervisor_package=SUPERVISOR, pip_words=pip_words(service))
+                                supervisor_package=SUPERVISOR, uv_package=UV,
+                                pip_words=pip_words(service))

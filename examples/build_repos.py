@@ -16,9 +16,11 @@ even after `push()` moves master.
   skiff (Flask)     master v1..v3 (== v3); branches broken-import, errors-20
   dory (WSGI)       master v1..v3 (== v3); branches broken-import, errors-20
   harbor (Java 17)  master v1..v3 (== v3); branches errors-20, broken-build, fails-to-start
+  ketch (Flask app factory, pyproject.toml, no requirements file)  master v1..v3 (== v3)
 
   v2               code only (`/` also reports the Python version)
-  v3               new requirement `six`, imported by the app (dory: a second code change)
+  v3               new requirement `six`, imported by the app (dory: a second code change;
+                   ketch: in pyproject.toml's dependencies)
   v4               Flight.destination + migration 0002 (/flights uses the new column)
   v5               static change (site.css)
   broken-import    imports a missing module: the app cannot load, `gunicorn --check-config` fails
@@ -275,7 +277,17 @@ HARBOR = Sample("harbor", version_file=HARBOR_MAIN,
     )}),
 ])
 
-SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY, HARBOR)}
+KETCH = Sample("ketch", master=[
+    Step("v1", "ketch: Flask app factory, dependencies in pyproject.toml, no requirements file"),
+    Step("v2", "ketch: report the Python version on /", add_python_key(
+        "ketch/__init__.py", "pid=os.getpid(),\n", "python=")),
+    Step("v3", "ketch: depend on six", {
+        "pyproject.toml": Sub(('    "Flask>=2.3",\n', '    "Flask>=2.3",\n    "six>=1.16",\n')),
+        "ketch/__init__.py": Sub(("import click\n", "import click\n" + SIX)),
+    }),
+], branches=[])
+
+SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY, HARBOR, KETCH)}
 
 
 # --- the repositories ---------------------------------------------------------

@@ -77,6 +77,7 @@ TEST_REQUIREMENTS = [
     "psycopg[binary]>=3.1",
     "six",
     "supervisor>=4.2",
+    "uv>=0.4",  # installer: uv (tests/system/test_modern.py)
     "setuptools",
     "wheel",
 ]

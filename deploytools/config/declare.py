@@ -16,6 +16,7 @@ tiny functions that raise ValueError naming the bad value, as gunicorn's do.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import math
@@ -293,8 +294,6 @@ nonblank = _rule("a non-empty string", lambda v: v.strip() != "")
 absolute_path = _rule("an absolute path", lambda v: v.startswith("/"))
 address = _matches("a hostname or an IP address", r"[A-Za-z0-9._:%\[\]-]+")
 user_name = _matches("a user name", r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
-app_ref = _matches("a module:callable reference such as airship.wsgi:application",
-                   r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 tag_prefix = _matches("a tag prefix (letters, digits, '.', '_', '/', '-'; starting with a letter "
                       "or digit: git refuses a tag that starts with '-')",
                       r"([A-Za-z0-9][A-Za-z0-9._/-]*)?")
@@ -309,6 +308,56 @@ single_line = _rule("a single line of text", lambda v: "\n" not in v and "\0" no
 url_path = _rule("a URL path starting with /", lambda v: v.startswith("/") and " " not in v)
 shell_line = _rule("a single line of shell",
                    lambda v: v.strip() != "" and "\n" not in v and "\0" not in v)
+
+# gunicorn's rule for its APP argument (gunicorn.util.import_app), checked without
+# importing anything: MODULE[:OBJECT], where the module is a dotted name (the
+# default object is `application`) and the object is one Python expression that
+# is either a plain name or a call of a plain name whose arguments are all
+# literals (`create_app()`, `create_app("production", debug=False)`).
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+APP_REF_EXPECT = ("a gunicorn app reference: module:name, module:factory() or "
+                  "module:factory(literal arguments)")
+
+
+def app_ref(value: str) -> None:
+    module, colon, obj = value.partition(":")
+    if not colon:
+        obj = "application"  # gunicorn's default
+    if any(c in value for c in "\n\r\0"):
+        raise ValueError(f"expected {APP_REF_EXPECT} on one line, got {show(value)}")
+    if not _MODULE.fullmatch(module):
+        hint = ""
+        if module.endswith(".py") and _MODULE.fullmatch(module[:-3].replace("/", ".")):
+            hint = f" Did you mean '{module[:-3].replace('/', '.')}:{obj}'?"
+        raise ValueError(f"expected {APP_REF_EXPECT}; {module!r} is not a module name such as "
+                         f"airship.wsgi, in {value!r}.{hint}")
+    try:
+        expression = ast.parse(obj, mode="eval").body
+    except (SyntaxError, ValueError):
+        raise ValueError(f"expected {APP_REF_EXPECT}; gunicorn cannot parse {obj!r} as an "
+                         f"attribute name or a function call") from None
+    if isinstance(expression, ast.Name):
+        return
+    if not isinstance(expression, ast.Call):
+        raise ValueError(f"expected {APP_REF_EXPECT}; gunicorn cannot use {obj!r}: it must be "
+                         "a name in the module or a call of one (no attributes, indexes or "
+                         "operators)")
+    if not isinstance(expression.func, ast.Name):
+        raise ValueError(f"expected {APP_REF_EXPECT}; in {obj!r} the function must be a "
+                         "simple name in the module (gunicorn's rule)")
+    try:
+        for arg in [*expression.args, *(kw.value for kw in expression.keywords)]:
+            ast.literal_eval(arg)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"expected {APP_REF_EXPECT}; the arguments in {obj!r} must be Python "
+                         "literals (strings, numbers, True/False/None, lists, dicts), as "
+                         "gunicorn evaluates them without running code") from None
+    if any(kw.arg is None for kw in expression.keywords):
+        raise ValueError(f"expected {APP_REF_EXPECT}; gunicorn cannot pass **{{...}} in {obj!r}: "
+                         "name each keyword argument")
+
+
+app_ref.expect = APP_REF_EXPECT  # type: ignore[attr-defined]
 
 # A service's directory is written into supervisord's config (where `%` interpolates
 # and `;` starts a comment), systemd units (`%` specifiers, spaces split words) and

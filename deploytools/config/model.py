@@ -52,6 +52,7 @@ haproxy_name.expect = "an HAProxy name"  # type: ignore[attr-defined]
 RELOAD_DEFAULT = {"command": "restart"}  # else HUP
 HEALTH_TIMEOUT_DEFAULT = {"command": 30.0}  # else Health.timeout's default
 INCONCLUSIVE_ACTIONS = ("rollback", "proceed")
+INSTALL_METHODS = ("auto", "requirements", "uv", "project", "none")
 
 
 class FrozenMap(Mapping):
@@ -283,8 +284,11 @@ class Service(Declared):
         doc_default="one of role, hosts")
     app: str | None = setting(
         STR, None, app_ref,
-        "WSGI application, `module:callable`. Required for django, flask and wsgi; not "
-        "allowed for command.", doc_default="required unless command")
+        "WSGI application as gunicorn takes it: `module:name`, an app factory "
+        "`module:create_app()` or `module:create_app(\"prod\", debug=False)` (literal "
+        "arguments only), or `module` for `module:application`. Checked by gunicorn's own "
+        "rule, without importing the app. Required for django, flask and wsgi; not allowed "
+        "for command.", doc_default="required unless command")
     command: str | None = setting(
         STR, None, shell_line,
         "Command line that runs the service: `/bin/sh` execs it in `<dir>/current` (so the "
@@ -325,7 +329,24 @@ class Service(Declared):
     requirements: str | None = setting(
         PATH, "requirements.txt", relative_path,
         "Requirements file in the repository; `null` for none. A change builds a new "
-        "virtualenv.", nullable=True)
+        "virtualenv. With `install: auto`, a requirements file other than the default "
+        "that is missing from a release is an error.", nullable=True)
+    installer: str = setting(
+        STR, "pip", one_of("pip", "uv"),
+        "What installs into the virtualenv: `pip`, or `uv` (installed once from your index, "
+        "through `pip_args`, into the service's `tools/` next to supervisor; `uv pip install` "
+        "with uv's wheel cache, which every service of the same user on a host shares). A "
+        "uv-built virtualenv has no pip in it. A change builds a new virtualenv.",
+        defaultable=True)
+    install: str = setting(
+        STR, "auto", one_of(*INSTALL_METHODS),
+        "How the virtualenv gets the project's dependencies. `auto` looks in the release, "
+        "in this order: the `requirements` file; `uv.lock` (`uv sync --frozen`, with the "
+        "`tools/` uv of `installer: uv`, else a `uv` on the host's PATH; `poetry.lock` and `Pipfile.lock` are refused, not yet supported); "
+        "`pyproject.toml`, `setup.py` or `setup.cfg` (`pip install` of the project itself, "
+        "non-editable); else nothing, with a warning. `requirements`, `uv`, `project` or "
+        "`none` choose one, and a missing file is an error at staging. The virtualenv is "
+        "rebuilt exactly when the chosen method's files change.", defaultable=True)
     env: Mapping[str, str] = setting(
         MapOf("mapping NAME: string", env_name, _item(STR, env_value)), None, None,
         "Environment variables. Scalars are taken as written (`010` stays `010`, `yes` "

@@ -7,8 +7,8 @@ from deploytools.plan import decide, matches_build_inputs, migration_delta, pars
 
 
 def django(**kw):
-    base = dict(kind="django", requirements="requirements.txt", collectstatic=True, migrate=True,
-                build=None)
+    base = dict(kind="django", requirements="requirements.txt", install="auto", collectstatic=True,
+                migrate=True, build=None)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -91,7 +91,8 @@ def test_migration_delta_names_what_a_rollback_crosses():
 # --- kind command: rebuild only when the build inputs changed -------------------------
 
 def command(**kw):
-    base = dict(kind="command", requirements=None, collectstatic=False, migrate=False,
+    base = dict(kind="command", requirements=None, install="auto", collectstatic=False,
+                migrate=False,
                 build="sh build.sh", build_inputs=("src/", "build.sh"),
                 build_outputs=("build/",), reload_signal="restart")
     return SimpleNamespace(**{**base, **kw})
@@ -170,3 +171,27 @@ def test_command_with_a_reload_signal_reloads():
 ])
 def test_matches_build_inputs(path, patterns, expected):
     assert matches_build_inputs(path, patterns) is expected
+
+
+@pytest.mark.parametrize("install,requirements,changed,venv", [
+    # auto: the host picks the method from the release, so any candidate predicts a venv
+    ("auto", "requirements.txt", ["pyproject.toml"], True),
+    ("auto", "requirements.txt", ["uv.lock"], True),
+    ("auto", None, ["setup.cfg"], True),
+    ("auto", None, ["requirements.txt"], False),  # `requirements: null`: not an input
+    ("auto", "req/prod.txt", ["req/prod.txt"], True),
+    ("auto", "requirements.txt", ["flaskr/__init__.py", "README.md"], False),
+    ("requirements", "requirements.txt", ["pyproject.toml", "uv.lock"], False),
+    ("requirements", "requirements.txt", ["requirements.txt"], True),
+    ("uv", "requirements.txt", ["requirements.txt", "setup.py"], False),
+    ("uv", "requirements.txt", ["uv.lock"], True),
+    ("uv", "requirements.txt", ["pyproject.toml"], True),
+    ("project", "requirements.txt", ["requirements.txt", "uv.lock"], False),
+    ("project", "requirements.txt", ["setup.py"], True),
+    ("none", "requirements.txt", ["requirements.txt", "pyproject.toml", "uv.lock"], False),
+])
+def test_venv_step_follows_the_install_method(install, requirements, changed, venv):
+    steps = decide(django(install=install, requirements=requirements), "b" * 40, {LIVE: changed})
+    step = next(s for s in steps if s.name == "venv")
+    assert step.run is venv, step.reason
+    assert (steps[-1].name == "restart") is venv

@@ -29,8 +29,9 @@ LABELS = {
     "skiff": {"v1", "v2", "v3", "broken-import", "errors-20"},
     "dory": {"v1", "v2", "v3", "broken-import", "errors-20"},
     "harbor": {"v1", "v2", "v3", "errors-20", "broken-build", "fails-to-start"},
+    "ketch": {"v1", "v2", "v3"},
 }
-TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3"}
+TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3", "ketch": "v3"}
 BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fails-to-start"}
 
 
@@ -142,13 +143,46 @@ def test_skiff_and_dory_history(repos):
 def test_only_prebuilt_requirements_in_any_commit(repos):
     for repo in repos.values():
         for sha in git(repo.origin, "rev-list", "--all").split():
-            if "requirements.txt" not in git(repo.origin, "ls-tree", "--name-only", sha).splitlines():
+            files = git(repo.origin, "ls-tree", "--name-only", sha).splitlines()
+            if repo.name == "ketch":  # its dependencies are in pyproject.toml
+                assert "requirements.txt" not in files
+                text = git(repo.origin, "show", f"{sha}:pyproject.toml")
+                deps = re.search(r"^dependencies = \[\n(.*?)^\]", text, re.S | re.M).group(1)
+                for line in deps.splitlines():
+                    name = re.match(r'\s*"([A-Za-z0-9_.-]+)', line).group(1)
+                    assert name in ALLOWED_REQUIREMENTS, (repo.name, sha, line)
+                continue
+            if "requirements.txt" not in files:
                 assert repo.name == "harbor"  # the Java sample has no Python requirements
                 continue
             for line in git(repo.origin, "show", f"{sha}:requirements.txt").splitlines():
                 if line.strip() and not line.startswith("#"):
                     name = re.match(r"[A-Za-z0-9_.-]+(\[[^\]]*\])?", line).group(0)
                     assert name in ALLOWED_REQUIREMENTS, (repo.name, sha, line)
+
+
+def test_ketch_history(repos):
+    ketch = repos["ketch"]
+    assert changed(ketch, "v1", "v2") == {"ketch/version.py": "M", "ketch/__init__.py": "M"}
+    assert changed(ketch, "v2", "v3") == {"ketch/version.py": "M", "ketch/__init__.py": "M",
+                                          "pyproject.toml": "M"}
+    assert "six>=" in show(ketch, "v3", "pyproject.toml")
+
+
+def test_ketch_is_an_app_factory_with_an_init_db_command(repos, tmp_path):
+    repo = repos["ketch"]
+    tree = repo.export("v1", tmp_path / "v1")
+    db = tmp_path / "data" / "ketch.sqlite"
+    with imported(tree, "ketch") as mod:
+        app = mod.create_app({"DATABASE": str(db)})
+        check_endpoints(lambda p: flask_get(app, p), "ketch", "1", "unknown")
+        assert flask_get(app, "/hello")[2] == "Hello, World!"
+        assert flask_get(app, "/posts")[0] == 500  # not initialised yet
+        result = app.test_cli_runner().invoke(args=["init-db"])
+        assert result.exit_code == 0 and "Initialized the database." in result.output
+        assert json.loads(flask_get(app, "/posts")[2]) == {"posts": 0}
+    with imported(repo.export("v3", tmp_path / "v3"), "ketch") as mod:
+        assert json.loads(flask_get(mod.create_app(), "/")[2])["version"] == "3"
 
 
 def test_builds_are_reproducible(repos, tmp_path):

@@ -27,6 +27,8 @@ from deploytools.script import fact_list, facts, write_file
 
 PAYLOAD = "x'\";$(touch MARK)`touch MARK`"
 HOSTILE_DIR = "/srv/it's \"odd\" $(touch MARK)/svc"
+# An app factory with a hostile literal: gunicorn takes it, so services.yaml does.
+FACTORY = "skiff.app:create_app(\"it's $(touch MARK) `touch MARK`\", debug=False)"
 PIP_ARGS = "--no-index --find-links '/w h/$(touch MARK)' --extra-index-url 'http://x/?a=1&b=$HOME;'"
 
 
@@ -40,7 +42,8 @@ def services_yaml(v: str) -> str:
                     "branch": "main/x-1", "hosts": ["web-0"], "app": "air.wsgi:application",
                     "port": 8000, "env": {"SECRET_KEY": v, "DATABASE_URL": f"postgres://h/{v}"}},
             "skiff": {"kind": "flask", "repo": "/r/skiff.git", "hosts": ["web-0"],
-                      "app": "skiff.app:app", "port": 8001, "reload_signal": "restart",
+                      "app": FACTORY if v == PAYLOAD else "skiff.app:app", "port": 8001,
+                      "reload_signal": "restart", "installer": "uv",
                       "requirements": f"req/{v}.txt"},
             "harbor": {"kind": "command", "repo": "git@git.example.com:ops/harbor.git",
                        "hosts": ["web-0"], "port": 8300, "command": "java -jar build/harbor.jar",
@@ -112,6 +115,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["lock_remove"] = lock.remove_lock_script(d + "/.lock", v)
     out["lock_remove:any"] = lock.remove_lock_script(d + "/.lock", None)
     out["media"] = releases.media_script(air, d, v)
+    out["exec"] = releases.exec_script(d, f"flask --app flaskr init-db {v}")
     out["history_append"] = lock.history_append_script(d, {"user": v})
     out["history_read"] = lock.history_read_script(d, 20)
     out["log_size"] = gate.log_size_script(d + "/log/access.log")
@@ -223,12 +227,15 @@ fi
     s = dataclasses.replace(cfg.service("air"), python=str(fake))
     script = venv.build_script(s, str(d), str(d / "releases" / "R"))
     (d / "venvs").mkdir(parents=True)
+    (d / "releases" / "R").mkdir(parents=True)
+    (d / "releases" / "R" / "requirements.txt").write_text("Django\n")
     r = run(script, cwd)
     assert r.returncode == 0, r.stderr
     args = (cwd / "pip-args").read_text().splitlines()
     assert args == ["install", "-q", "--disable-pip-version-check", "--no-index",
                     "--find-links", "/w h/$(touch MARK)", "--extra-index-url",
-                    "http://x/?a=1&b=$HOME;", "-r", "/dev/null", "gunicorn>=21"]
+                    "http://x/?a=1&b=$HOME;", "-r", str(d / "releases" / "R" / "requirements.txt"),
+                    "gunicorn>=21"]
     assert facts(r.stdout)["venv"].startswith("built ")
     assert facts(run(script, cwd).stdout)["venv"].startswith("reused ")  # same key
 
@@ -346,3 +353,53 @@ def test_a_program_cut_short_runs_nothing(tmp_path):
     program = stdin_program(f"touch {render.shquote(str(tmp_path / 'first'))}\necho second\n")
     r = subprocess.run(["bash", "-s"], input=program[:-10], capture_output=True, text=True)
     assert r.returncode != 0 and not (tmp_path / "first").exists()
+
+
+def test_an_app_factory_reaches_gunicorn_as_one_word(cfg, sandbox):
+    # start (what supervisord runs) and staging's --check-config both hand gunicorn
+    # the reference exactly as written in services.yaml, quotes and all.
+    cwd, d = sandbox
+    s = dataclasses.replace(cfg.service("skiff"), app=FACTORY)
+    host = cfg.hosts["web-0"]
+    rel = d / "releases" / "R"
+    (rel / ".deploy" / "venv" / "bin").mkdir(parents=True)
+    (d / "current").symlink_to(rel)
+    recorder = rel / ".deploy" / "venv" / "bin" / "gunicorn"
+    recorder.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {render.shquote(str(cwd / 'argv'))}\n")
+    recorder.chmod(0o755)
+    for f in render.release_files(s, host, str(d), "R", "c" * 40):
+        (rel / f.path).write_text(f.content)
+        (rel / f.path).chmod(f.mode)
+    r = subprocess.run([str(rel / ".deploy" / "start")], capture_output=True, text=True, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert (cwd / "argv").read_text().splitlines()[-1] == FACTORY
+    stage = releases.stage_script(s, host, str(d), "R", "c" * 40, {}, static="run", build="run")
+    check = next(line for line in stage.splitlines() if "--chdir \"$R\"" in line)
+    assert shlex.split(check.replace('"$R"', "R"))[-2] == FACTORY  # the word before `>&2`
+
+
+def test_exec_runs_in_the_live_release_with_its_env_and_venv(sandbox):
+    cwd, d = sandbox
+    rel = d / "releases" / "R1"
+    (rel / ".deploy" / "venv" / "bin").mkdir(parents=True)
+    (d / "current").symlink_to(rel)
+    (rel / ".deploy" / "env").write_text("SECRET='s3 cr$t'\n")
+    tool = rel / ".deploy" / "venv" / "bin" / "tool"
+    tool.write_text("#!/bin/sh\necho \"tool from the venv, VIRTUAL_ENV=$VIRTUAL_ENV\"\n")
+    tool.chmod(0o755)
+    command = ('printf "%s\\n" "$SECRET" "$(basename "$PWD")"; tool; echo to-stderr >&2; '
+               "false | true; echo \"unset: ${NOPE:-}\"; exit 3")
+    r = run(releases.exec_script(str(d), command), cwd)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.splitlines() == [
+        "@@exec_release R1", "s3 cr$t", "R1", f"tool from the venv, VIRTUAL_ENV={rel}/.deploy/venv",
+        "to-stderr", "unset: "]
+    assert r.stderr == ""
+
+
+def test_exec_without_a_live_release_runs_nothing(sandbox):
+    cwd, d = sandbox
+    d.mkdir(parents=True)
+    r = run(releases.exec_script(str(d), "touch MARK"), cwd)
+    assert r.returncode == 1
+    assert "@@exec_release" not in r.stdout and "nothing is deployed" in r.stderr

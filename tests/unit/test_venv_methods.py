@@ -1,0 +1,212 @@
+"""Which method installs a release's dependencies (templates/remote/venv.sh.j2), and the
+venv key it makes: run as a host runs it, with a fake interpreter whose pip and a fake
+uv record their arguments, on release trees shaped like today's projects."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploytools import render, venv
+from deploytools.config import parse
+from deploytools.inventory import stdin_program
+from deploytools.script import facts
+
+YAML = """\
+hosts: {web-0: {address: 10.0.0.10}}
+defaults: {pip_args: "--no-index --find-links /w"}
+services:
+  flaskr: {kind: flask, repo: /r.git, hosts: [web-0], app: "flaskr:create_app()", port: 8001}
+  harbor: {kind: command, repo: /h.git, hosts: [web-0], port: 8300, command: java -jar x.jar}
+"""
+
+PYPROJECT = '[project]\nname = "flaskr"\nversion = "1.0"\ndependencies = ["flask"]\n'
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A service dir, its release R, and a python3 whose `-m venv DIR` makes a DIR/bin/pip
+    that appends its arguments (one per line, then `--`) to <tmp>/pip.log."""
+    d = tmp_path / "srv" / "flaskr"
+    (d / "venvs").mkdir(parents=True)
+    (d / "releases" / "R").mkdir(parents=True)
+    log = tmp_path / "pip.log"
+    fake = tmp_path / "python3"
+    fake.write_text(f"""#!/bin/bash
+if [ "$1" = -m ]; then
+  mkdir -p "$3/bin"
+  printf '#!/bin/bash\\nprintf "%%s\\\\n" "$@" -- >> %s\\n' {render.shquote(str(log))} > "$3/bin/pip"
+  chmod +x "$3/bin/pip"
+else
+  echo 3.11.2
+fi
+""")
+    fake.chmod(0o755)
+    cfg = parse(YAML, "services.yaml", str(tmp_path))
+    return tmp_path, d, d / "releases" / "R", log, fake, cfg
+
+
+def stage(host, name="flaskr", **changes):
+    tmp, d, rel, log, fake, cfg = host
+    s = dataclasses.replace(cfg.service(name), python=str(fake), **changes)
+    script = "R=" + render.shquote(str(rel)) + "\n" + venv.build_script(s, str(d), str(rel))
+    script += 'echo "@@key $VENV_KEY"\n'
+    r = subprocess.run(["bash", "-s"], input=stdin_program(script), capture_output=True,
+                       text=True, cwd=tmp, env=dict(os.environ, PATH=f"{tmp}/bin:/usr/bin:/bin"))
+    return r, facts(r.stdout)
+
+
+def pip_calls(log: Path) -> list[list[str]]:
+    if not log.exists():
+        return []
+    calls, cur = [], []
+    for word in log.read_text().splitlines():
+        if word == "--":
+            calls.append(cur)
+            cur = []
+        else:
+            cur.append(word)
+    return calls
+
+
+def write(rel: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (rel / name).parent.mkdir(parents=True, exist_ok=True)
+        (rel / name).write_text(text)
+
+
+@pytest.mark.parametrize("files,method", [
+    ({"requirements.txt": "flask\n", "pyproject.toml": PYPROJECT, "uv.lock": "x"}, "requirements"),
+    ({"uv.lock": "x", "pyproject.toml": PYPROJECT, "setup.py": ""}, "uv"),
+    ({"pyproject.toml": PYPROJECT}, "project"),
+    ({"setup.py": "from setuptools import setup\nsetup()\n"}, "project"),
+    ({"setup.cfg": "[metadata]\nname = flaskr\n"}, "project"),
+    ({"README.md": "hi"}, "none"),
+])
+def test_auto_detects_in_order(host, files, method):
+    tmp, d, rel, log, *_ = host
+    write(rel, files)
+    uv = d / "tools" / "bin" / "uv"
+    uv.parent.mkdir(parents=True)
+    uv.write_text(f"#!/bin/bash\nprintf '%s\\n' \"$PWD\" \"$UV_PROJECT_ENVIRONMENT\" \"$@\" "
+                  f"> {render.shquote(str(tmp / 'uv.log'))}\n")
+    uv.chmod(0o755)
+    r, f = stage(host)
+    assert r.returncode == 0, r.stderr
+    assert f["venv_method"] == method
+    assert f["venv"].startswith("built ")
+    calls = pip_calls(log)
+    pip_opts = ["install", "-q", "--disable-pip-version-check", "--no-index", "--find-links", "/w"]
+    if method == "requirements":
+        assert calls == [pip_opts + ["-r", f"{rel}/requirements.txt", "gunicorn>=21"]]
+    elif method == "project":  # the project itself, non-editable, from the release
+        assert calls == [pip_opts + [str(rel), "gunicorn>=21"]]
+    elif method == "uv":
+        cwd, env_dir, *args = (tmp / "uv.log").read_text().splitlines()
+        assert (cwd, env_dir) == (str(rel), f"{d}/venvs/{f['key']}")
+        assert args == ["sync", "--frozen", "--no-dev", "--no-install-project", "--python",
+                        f"{d}/venvs/{f['key']}/bin/python", "--no-index", "--find-links", "/w"]
+        assert calls == [pip_opts + ["gunicorn>=21"]]
+    else:
+        assert calls == [pip_opts + ["gunicorn>=21"]]
+        assert "no dependencies installed" in f["warning"] and "pyproject.toml" in f["warning"]
+    if method != "none":
+        assert "warning" not in f
+
+
+@pytest.mark.parametrize("files,changes,fragment", [
+    ({"poetry.lock": "", "pyproject.toml": PYPROJECT}, {}, "poetry.lock is not supported yet"),
+    ({"Pipfile.lock": "{}", "Pipfile": ""}, {}, "Pipfile.lock is not supported yet"),
+    ({"requirements.txt": ""}, {"requirements": "req/prod.txt"},
+     "the requirements file req/prod.txt is not in the release"),
+    ({"pyproject.toml": PYPROJECT}, {"install": "requirements"},
+     "the requirements file requirements.txt is not in the release"),
+    ({"requirements.txt": ""}, {"install": "project"}, "no pyproject.toml, setup.py or setup.cfg"),
+    ({"pyproject.toml": PYPROJECT}, {"install": "uv"}, "uv.lock and pyproject.toml must both"),
+    ({"uv.lock": "", "pyproject.toml": PYPROJECT}, {}, "uv.lock needs uv on"),
+])
+def test_a_missing_or_unsupported_file_is_a_clear_error(host, files, changes, fragment):
+    _, d, rel, log, *_ = host
+    write(rel, files)
+    r, f = stage(host, **changes)
+    assert r.returncode == 1
+    assert fragment in r.stderr and "services.flaskr.install is" in r.stderr
+    assert "venv" not in f and not pip_calls(log) and not list((d / "venvs").iterdir())
+
+
+def test_install_chooses_over_detection(host):
+    _, _, rel, log, *_ = host
+    write(rel, {"requirements.txt": "flask\n", "pyproject.toml": PYPROJECT})
+    assert stage(host, install="project")[1]["venv_method"] == "project"
+    r, f = stage(host, install="none")
+    assert f["venv_method"] == "none" and "warning" not in f  # asked for: no warning
+    assert pip_calls(log)[-1][-1] == "gunicorn>=21" and "-r" not in pip_calls(log)[-1]
+
+
+def test_the_key_hashes_exactly_the_chosen_methods_inputs(host):
+    _, _, rel, log, *_ = host
+    write(rel, {"pyproject.toml": PYPROJECT, "flaskr/__init__.py": "v = 1\n"})
+    key = stage(host)[1]["key"]
+    (rel / "flaskr" / "__init__.py").write_text("v = 2\n")  # a code-only change
+    (rel / "requirements-dev.txt").write_text("pytest\n")
+    r, f = stage(host)
+    assert f["venv"] == f"reused {key}"
+    (rel / "pyproject.toml").write_text(PYPROJECT.replace('["flask"]', '["flask", "six"]'))
+    assert stage(host)[1]["key"] != key
+    # A requirements project: pyproject.toml is not its input.
+    write(rel, {"requirements.txt": "flask\n"})
+    key = stage(host)[1]["key"]
+    (rel / "pyproject.toml").write_text(PYPROJECT)
+    assert stage(host)[1]["venv"] == f"reused {key}"
+
+
+def test_requirements_and_none_keep_the_keys_venvs_had_before_methods(host):
+    # Existing hosts' venvs must stay valid: the same text is hashed as before.
+    tmp, _, rel, _, fake, cfg = host
+    extras = "'gunicorn>=21'"
+    before = f"{fake}|--no-index --find-links /w|{extras}\n3.11.2\n"
+    write(rel, {"requirements.txt": "flask\n"})
+    assert stage(host)[1]["key"] == hashlib.sha256(
+        ("flask\n" + before).encode()).hexdigest()[:16]
+    (rel / "requirements.txt").unlink()
+    assert stage(host)[1]["key"] == hashlib.sha256(before.encode()).hexdigest()[:16]
+
+
+def test_a_command_service_without_python_files_gets_no_venv(host):
+    _, d, rel, log, *_ = host
+    write(rel, {"build.sh": "javac\n"})
+    r, f = stage(host, "harbor")
+    assert r.returncode == 0 and f["key"] == "none" and "warning" not in f
+    assert not pip_calls(log)
+    write(rel, {"pyproject.toml": PYPROJECT})
+    r, f = stage(host, "harbor")
+    assert f["venv_method"] == "project" and pip_calls(log) == [
+        ["install", "-q", "--disable-pip-version-check", "--no-index", "--find-links", "/w",
+         str(rel)]]
+
+
+def test_installer_uv_installs_with_the_tools_uv(host):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"pyproject.toml": PYPROJECT})
+    uv = d / "tools" / "bin" / "uv"
+    uv.parent.mkdir(parents=True)
+    # `uv venv ... DIR` makes DIR/bin/python; every call is recorded.
+    uv.write_text(f"""#!/bin/bash
+printf '%s\\n' "$@" -- >> {render.shquote(str(tmp / 'uv.log'))}
+if [ "$1" = venv ]; then mkdir -p "${{@: -1}}/bin"; fi
+""")
+    uv.chmod(0o755)
+    pip_key = stage(host)[1]["key"]
+    r, f = stage(host, installer="uv")
+    assert r.returncode == 0, r.stderr
+    assert f["venv"].startswith("built ") and f["key"] != pip_key  # the installer is in the key
+    v = f"{d}/venvs/{f['key']}"
+    calls = pip_calls(tmp / "uv.log")
+    assert calls == [["venv", "-q", "--python", str(host[4]), v],
+                     ["pip", "install", "-q", "--python", f"{v}/bin/python", "--no-index",
+                      "--find-links", "/w", str(rel), "gunicorn>=21"]]
+    assert stage(host, installer="uv")[1]["venv"] == f"reused {f['key']}"
