@@ -30,7 +30,8 @@ def _port_open(address, port):
 
 def test_each_host_answers_its_own_hostname(fleet):
     assert [h.name for h in fleet.hosts] == ["web-0", "web-1", "web-2", "web-3"]
-    assert [h.address for h in fleet.hosts] == [f"127.0.0.{i}" for i in range(11, 15)]
+    first = fleet_mod.first_octet()
+    assert [h.address for h in fleet.hosts] == [f"127.0.0.{i}" for i in range(first, first + 4)]
     for h in fleet.hosts:
         r = fleet.ssh(h, "hostname")
         assert r.returncode == 0, r.stderr
@@ -44,7 +45,9 @@ def test_yaml_helpers_describe_the_fleet(fleet):
     assert Path(ssh["known_hosts"]) == fleet.known_hosts
     assert Path(ssh["identity_file"]) == fleet.identity_file
     lines = fleet.known_hosts.read_text().splitlines()
-    assert [line.split()[0] for line in lines] == [f"[127.0.0.{i}]:2222" for i in range(11, 15)]
+    first = fleet_mod.first_octet()
+    assert [line.split()[0] for line in lines] == [f"[127.0.0.{i}]:2222"
+                                                   for i in range(first, first + 4)]
     assert all(line.split()[1] == "ssh-ed25519" for line in lines)
 
 
