@@ -126,11 +126,6 @@ def heartbeat_script(path: str, token: str) -> str:
     return render.render_script("lock_heartbeat.sh.j2", path=path, token=token)
 
 
-def release_script(path: str, token: str) -> str:
-    """Remove the lock at `path` if it still holds `token`."""
-    return render.render_script("lock_release.sh.j2", path=path, token=token)
-
-
 def parse_holder(stdout: str) -> dict | None:
     """The holder `acquire_script` printed (None if we got the lock).
 
@@ -156,11 +151,6 @@ def parse_holder(stdout: str) -> dict | None:
     return holder
 
 
-def takeover_script(path: str, stale_id: str) -> str:
-    """Remove the lock at `path` only if it still holds the stale run `stale_id`."""
-    return render.render_script("lock_takeover.sh.j2", path=path, stale_id=stale_id)
-
-
 def note_script(path: str, token: str, record: str) -> str:
     """Rewrite our lock's record (progress), only while it still holds `token`."""
     return render.render_script("lock_note.sh.j2", path=path, token=token, record=record)
@@ -173,8 +163,9 @@ def read_lock_script(path: str) -> str:
 
 
 def remove_lock_script(path: str, holder_id: str | None) -> str:
-    """Remove the lock at `path` if it still holds `holder_id` (any lock if None).
-    Prints `@@unlocked` when it removed one."""
+    """Remove the lock at `path` if it still holds `holder_id` (any lock if None):
+    our release, a takeover of a dead run's lock, `unlock`. Prints `@@unlocked` when
+    it removed one."""
     return render.render_script("lock_remove.sh.j2", path=path, token=holder_id or "")
 
 
@@ -237,7 +228,7 @@ class FleetLock:
                      f"({why}): {describe_holder(holder)}{reached}. The fleet it left may be "
                      "mixed: check `deploytools status` (a plain `deploytools rollback` returns every host to "
                      "one release).", holder=holder, stale=why)
-        each(list(self.fleet), lambda t: t.run(takeover_script(self._path(t), stale_id),
+        each(list(self.fleet), lambda t: t.run(remove_lock_script(self._path(t), stale_id),
                                                what="breaking a stale deploy lock"),
              parallel=8)
 
@@ -292,7 +283,7 @@ class FleetLock:
 
         def drop(target):
             if target.name in self.held:
-                target.run(release_script(self._path(target), self.owner["id"]),
+                target.run(remove_lock_script(self._path(target), self.owner["id"]),
                            check=False, what="releasing the deploy lock")
         each([self.fleet[n] for n in reversed(self.held)], drop, parallel=8)
         self.held.clear()

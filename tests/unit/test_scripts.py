@@ -108,8 +108,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["read_migrations"] = releases.read_migrations_script(d, [v, "R 2"])
     out["lock_acquire"] = lock.acquire_script(d + "/.lock", json.dumps(dict(record, user=v)))
     out["lock_heartbeat"] = lock.heartbeat_script(d + "/.lock", record["id"])
-    out["lock_release"] = lock.release_script(d + "/.lock", record["id"])
-    out["lock_takeover"] = lock.takeover_script(d + "/.lock", v)
+    out["lock_remove:ours"] = lock.remove_lock_script(d + "/.lock", record["id"])
     out["lock_note"] = lock.note_script(d + "/.lock", record["id"], json.dumps(dict(record, wave=v)))
     out["lock_read"] = lock.read_lock_script(d + "/.lock")
     out["lock_remove"] = lock.remove_lock_script(d + "/.lock", v)
@@ -288,9 +287,9 @@ def test_lock_history_prune_and_inspect_in_a_hostile_directory(cfg, sandbox):
         is None
     held = lock.parse_holder(run(lock.acquire_script(path, '{"user": "other"}'), cwd).stdout)
     assert held["id"] == record["id"] and held["age"] is not None
-    run(lock.release_script(path, "someone-else"), cwd)
+    run(lock.remove_lock_script(path, "someone-else"), cwd)
     assert os.path.exists(path)  # not ours to release
-    run(lock.release_script(path, record["id"]), cwd)
+    run(lock.remove_lock_script(path, record["id"]), cwd)
     assert not os.path.exists(path)
 
     big = {"user": PAYLOAD, "hosts": ["web-%d" % i for i in range(30000)]}  # > 128 KiB
