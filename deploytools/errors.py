@@ -32,6 +32,14 @@ def errors_text(errors: dict[str, BaseException]) -> str:
                      for name, err in errors.items())
 
 
+def fleet_failure(errors: dict[str, BaseException], message: str,
+                  cls: type[DeployError] = DeployError) -> DeployError:
+    """One error for failures on several hosts: a ConnectionFailed when every host was
+    lost (not the release's fault: it is not marked rejected), else `cls`."""
+    lost = all(isinstance(e, ConnectionFailed) for e in errors.values())
+    return (ConnectionFailed if lost else cls)(message)
+
+
 class UsageError(DeployError):
     """Bad command line: unknown task, service, host or option."""
 

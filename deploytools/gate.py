@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 import requests
 
 from . import health, lb, probe, render
-from .errors import ConnectionFailed, DeployError, HealthGateFailed
+from .errors import DeployError, HealthGateFailed, fleet_failure
 from .inventory import each
 
 
@@ -97,10 +97,9 @@ class AccessLogs:
         if errors:
             # No evidence fails the gate; a host that cannot be reached at all is not
             # the release's fault, and says so (the release is not marked rejected).
-            lost = all(isinstance(e, ConnectionFailed) for e in errors.values())
-            raise (ConnectionFailed if lost else HealthGateFailed)(
-                "cannot read the access log, so the gate has no evidence: "
-                + "; ".join(f"{n}: {e}" for n, e in errors.items()))
+            raise fleet_failure(errors, "cannot read the access log, so the gate has no "
+                                "evidence: " + "; ".join(f"{n}: {e}" for n, e in errors.items()),
+                                HealthGateFailed)
         return out
 
     def counts(self, names, start: int, end: int) -> dict[str, health.Counts]:

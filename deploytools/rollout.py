@@ -14,7 +14,7 @@ from . import gate, lb
 from . import lock as lock_mod
 from . import releases, signals
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
-                     RestoreFailed, StagingFailed, UsageError, errors_text)
+                     RestoreFailed, StagingFailed, UsageError, errors_text, fleet_failure)
 from .hoststate import inspect_all
 from .inventory import Target, each
 from . import plan as plan_mod
@@ -339,8 +339,7 @@ class Rollout:
         with lb.connect(svc, self.config) as balancer:
             _, errors = self.parallel([self.fleet[h] for h in wave], activate)
         if errors:
-            lost = all(isinstance(e, ConnectionFailed) for e in errors.values())
-            raise (ConnectionFailed if lost else DeployError)(errors_text(errors))
+            raise fleet_failure(errors, errors_text(errors))
 
     def _gate(self, i: int, waves: list[list[str]]) -> None:
         new = [h for w in waves[:i] for h in w]
