@@ -74,16 +74,6 @@ def commit_of(release: str) -> str:
     return release.rsplit("-", 1)[-1]
 
 
-def previous_release(state: HostState) -> str | None:
-    """The release a rollback of this one host goes back to: the newest one older
-    than current that runs a different commit, skipping releases marked rejected."""
-    if not state.current:
-        return None
-    older = [r for r in state.releases if r < state.current and r not in state.rejected
-             and commit_of(r) != commit_of(state.current)]
-    return older[-1] if older else None
-
-
 @dataclass(frozen=True)
 class RollbackChoice:
     release: str | None  # None: no release qualifies (see why)

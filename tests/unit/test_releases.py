@@ -1,7 +1,7 @@
 """Parsers of what the remote scripts print, and the scripts' quoting."""
 import subprocess
 
-from deploytools.hoststate import HostState, parse_inspect, previous_release
+from deploytools.hoststate import HostState, fleet_rollback_target, parse_inspect
 from deploytools.releases import release_name
 from deploytools.script import facts, write_file
 from deploytools.supervisor import parse_status
@@ -36,9 +36,10 @@ def test_previous_release_skips_rejected_and_same_commit():
     st = HostState(current="r4-ddddddd",
                    releases=["r1-aaaaaaa", "r2-bbbbbbb", "r3-ddddddd", "r4-ddddddd", "r5-eeeeeee"],
                    rejected=["r2-bbbbbbb"])
-    assert previous_release(st) == "r1-aaaaaaa"
-    assert previous_release(HostState(current=None)) is None
-    assert previous_release(HostState(current="r1-a", releases=["r1-a"])) is None
+    assert fleet_rollback_target({"h": st}).release == "r1-aaaaaaa"
+    assert fleet_rollback_target({"h": HostState(current=None)}).release is None
+    assert fleet_rollback_target({"h": HostState(current="r1-a", releases=["r1-a"])}
+                                 ).release is None
 
 
 def test_parse_status_states():
