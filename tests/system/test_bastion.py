@@ -18,6 +18,7 @@ import pytest
 import requests
 import yaml
 
+import build_repos
 import fleet as fleet_mod
 
 pytestmark = pytest.mark.system
@@ -57,8 +58,10 @@ def ssh_config_text(fleet, jump) -> str:
 
 
 @pytest.fixture(scope="module")
-def jumpenv(fleet, bastion, samples, wheelhouse, tmp_path_factory):
+def jumpenv(fleet, bastion, wheelhouse, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("jumpenv")
+    # Its own origin: other tests move the shared sample's `production`.
+    samples = build_repos.build(tmp / "samples", names=["skiff"])
     (tmp / "ssh_config").write_text(ssh_config_text(fleet, bastion))
     jump_known = bastion.hostdir.parent / "known_hosts"
     (tmp / "known_hosts").write_text(fleet.known_hosts.read_text() + jump_known.read_text())

@@ -22,6 +22,8 @@ import uuid
 import pytest
 import yaml
 
+import build_repos
+
 pytestmark = pytest.mark.system
 
 SVC = "vault"
@@ -89,14 +91,16 @@ class Scanner:
 def vault(deployenv, tmp_path_factory):
     marker = "MARKER" + uuid.uuid4().hex
     tmp = tmp_path_factory.mktemp("secrets")
+    # Its own origin: other tests move the shared sample's `production`.
+    samples = build_repos.build(tmp / "samples", names=["skiff"])
     data = yaml.safe_load(deployenv.config.read_text())
     data["services"] = {SVC: {
-        "kind": "flask", "repo": str(deployenv.samples["skiff"].origin), "hosts": HOSTS,
+        "kind": "flask", "repo": str(samples["skiff"].origin), "hosts": HOSTS,
         "app": "skiff.app:app", "port": PORT, "graceful_timeout": 5,
         "env": {"SECRET_KEY": marker, "DATABASE_URL": f"postgres://app:{marker}@db/app"}}}
     config = tmp / "services.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
-    return dataclasses.replace(deployenv, config=config), marker
+    return dataclasses.replace(deployenv, config=config, samples=samples), marker
 
 
 def test_the_scanner_sees_a_short_lived_secret_in_argv(vault):

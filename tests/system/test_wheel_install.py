@@ -19,6 +19,7 @@ import pytest
 import requests
 import yaml
 
+import build_repos
 import fleet as fleet_mod
 
 pytestmark = pytest.mark.system
@@ -59,10 +60,12 @@ def installed(wheelhouse, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def opsdir(samples, wheelhouse, tmp_path_factory):
+def opsdir(wheelhouse, tmp_path_factory):
     """An ops repo: its own fabfile (no word of deploytools), a services.yaml with one
     `local: true` host, and its own env.j2 template."""
     ops = tmp_path_factory.mktemp("ops")
+    # Its own origin: the shared sample's `production` is moved by other tests.
+    skiff = build_repos.build(tmp_path_factory.mktemp("ops-samples"), names=["skiff"])["skiff"]
     (ops / "fabfile.py").write_text(textwrap.dedent('''\
         from invoke import task
 
@@ -83,7 +86,7 @@ def opsdir(samples, wheelhouse, tmp_path_factory):
         "defaults": {"pip_args": f"--no-index --find-links {wheelhouse}",
                      "health": {"timeout": 20, "interval": 0.2},
                      "gate": {"warmup": 0, "bake": 1, "on_inconclusive": "proceed"}},
-        "services": {"skiff": {"kind": "flask", "repo": str(samples["skiff"].origin),
+        "services": {"skiff": {"kind": "flask", "repo": str(skiff.origin),
                                "hosts": ["box"], "app": "skiff.app:app", "port": PORT,
                                "graceful_timeout": 5, "templates": "templates"}},
     }
