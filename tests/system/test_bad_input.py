@@ -282,7 +282,8 @@ def _snapshot(env) -> dict:
             "releases": sorted(p.name for p in rel.iterdir()) if rel.exists() else [],
             "history": hist.read_text() if hist.exists() else "",
             "lock": (d / ".lock").exists(),
-            "served": env.served(h.name),
+            # What it serves, less the worker that answered (two workers take turns).
+            "served": {k: v for k, v in (env.served(h.name) or {}).items() if k != "pid"},
         }
     state["origin"] = subprocess.run(
         ["git", "-C", str(env.samples["airship"].origin), "for-each-ref"],
