@@ -575,6 +575,15 @@ class Config(Declared):
         "`gate` and `rollout` while it is selected (see below).", doc_default="`{}`")
     stage: str = PRODUCTION  # the selected stage (derived: the command line's)
 
+    @property
+    def publishes(self) -> bool:
+        """Does a successful deploy of the selected stage move the production branch
+        and push a date tag? Production's does; another stage's only with `publish`."""
+        declared = self.stages.get(self.stage)
+        if declared is not None and declared.publish is not None:
+            return declared.publish
+        return self.stage == PRODUCTION
+
     def service(self, name: str) -> Service:
         """The service called `name`, or a UsageError that lists the ones defined."""
         if not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
