@@ -72,7 +72,7 @@ class Registered:
 
     @property
     def name(self) -> str:
-        return getattr(self.fn, "__qualname__", repr(self.fn))
+        return getattr(self.fn, "__name__", repr(self.fn))
 
 
 # Filled while a fabfile is imported: decorators run at import time, before any

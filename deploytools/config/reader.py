@@ -172,9 +172,7 @@ def _build(doc: Any, path: str, base: str, stage: str | None = None) -> Config:
     if "roles" in overlay:
         roles.update(_roles(r, overlay["roles"], f"stages.{stage}.roles",
                             overlay.key_lines["roles"], hosts))
-    staged = r.read(overlay, {k: v for k, v in STAGE.items() if k not in ("hosts", "roles")},
-                    f"stages.{stage}") if overlay else {}
-    staged.pop("hosts", None), staged.pop("roles", None)
+    staged = r.read(_plain(overlay), STAGE, f"stages.{stage}")
     defaults = r.read(r.mapping(doc.get("defaults"), "defaults", doc.key_lines.get("defaults"),
                                 "service settings"), DEFAULTABLE, "defaults",
                       hint=lambda key: (f" {key!r} cannot be set under defaults: give it in each "
@@ -217,8 +215,7 @@ def _stages(r: _Reader, doc: Map, stage: str | None) -> tuple[dict[str, Stage], 
         m = r.mapping(m, where, line, "stage settings (hosts, roles, env, gate, rollout, ...)")
         stages_map[name] = m
         r.unknown_keys(m, STAGE, where)
-        plain = r.read(m, {k: v for k, v in STAGE.items() if k not in ("hosts", "roles")},
-                       where) if not set(m) <= {"hosts", "roles"} else {}
+        plain = r.read(_plain(m), STAGE, where)
         for key in ("hosts", "roles"):
             r.mapping(m.get(key), f"{where}.{key}", m.key_lines.get(key), key)
         if _publishes(name, plain) and name != PRODUCTION:
@@ -239,6 +236,17 @@ def _stages(r: _Reader, doc: Map, stage: str | None) -> tuple[dict[str, Stage], 
                          f"{declared}; `production` is the file without a stage's changes)."
                          f"{did_you_mean(stage, stages_map)}")
     return stages, stages_map[stage]
+
+
+def _plain(m: Map) -> Map:
+    """A stage's keys but hosts and roles (read as the top level's are)."""
+    out = Map.empty(m.line)
+    for key, value in m.items():
+        if key not in ("hosts", "roles"):
+            out[key] = value
+            out.key_lines[key] = m.key_lines[key]
+            out.raw[key] = m.raw[key]
+    return out
 
 
 def _check_requires(r: _Reader, svc: Service, stages: Mapping[str, Stage], m: Map) -> None:
@@ -487,10 +495,9 @@ def parse(text: str, path: str = DEFAULT_PATH, base_dir: str | None = None,
     doc = parse_yaml(text, path)
     selected = _build(doc, path, base, stage)
     if selected.stages:
-        views = {selected.stage: selected}
+        views = {}  # production first: a clash names the other stage
         for name in [PRODUCTION, *selected.stages]:
-            if name not in views:
-                views[name] = _build(doc, path, base, name)
+            views[name] = selected if name == selected.stage else _build(doc, path, base, name)
         _check_stages_apart(views, doc)
     return selected
 
