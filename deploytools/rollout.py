@@ -16,9 +16,9 @@ from . import lock as lock_mod
 from . import releases, signals
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
                      RestoreFailed, StagingFailed, UsageError, errors_text, fleet_failure)
-from .hooks import Hooks, HookFailed
-from .hoststate import inspect_all
 from .config import PRODUCTION
+from .hooks import HookFailed, Hooks
+from .hoststate import inspect_all
 from .inventory import Target, each
 from . import plan as plan_mod
 from .script import fact_list, facts, write_file
@@ -187,8 +187,8 @@ class Rollout:
         """on_failure hooks: told, never able to make things worse (a failure warns)."""
         try:
             self._hook("on_failure", self.hosts, fatal=False, release=None,
-                       outcome=self.record.get("outcome"), error=error.splitlines()[0]
-                       if error else None, waves=len(self.record.get("waves") or []) or None)
+                       outcome=self.record.get("outcome"), error=error or None,
+                       waves=len(self.record.get("waves") or []) or None)
         except Exception as e:  # noqa: BLE001  the deploy's own error must reach the user
             self.say("warning", f"  warning: on_failure hooks could not run: {e}")
 
