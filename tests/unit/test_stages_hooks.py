@@ -298,3 +298,32 @@ def test_hook_decorator_refuses_mistakes_at_import(args, fragment):
     with pytest.raises(ValueError, match=fragment):
         hook(*args, waves=[1] if args == ("after_deploy",) else None)
 
+
+
+def test_hooks_come_from_defaults_unless_the_service_has_its_own(tmp_path):
+    own = BASE[BASE.index("    hooks:\n"):BASE.index("stages:\n")]
+    text = BASE.replace("defaults:\n", "defaults:\n  hooks:\n    on_failure: [{run: ./page.sh}]\n")
+    cfg = load(write(tmp_path, text.replace(own, "")))
+    assert [h.run for h in cfg.service("airship").hooks["on_failure"]] == ["./page.sh"]
+    assert "on_failure" not in load(write(tmp_path, text)).service("airship").hooks
+
+
+@pytest.mark.parametrize("argv, environ", [
+    (["stage:qa", "status:airship"], {}),            # classic task
+    (["stage", "qa", "status", "airship"], {}),      # modern task
+    (["status:airship", "--stage", "qa"], {}),       # the flag, anywhere
+    (["status:airship"], {"DEPLOYTOOLS_STAGE": "qa"}),
+])
+def test_every_way_of_selecting_a_stage_reaches_the_config(argv, environ, tmp_path, capsys,
+                                                           monkeypatch):
+    from deploytools.cli import DeployProgram
+    monkeypatch.setenv("DEPLOYTOOLS_CONFIG", str(write(tmp_path, BASE)))
+    monkeypatch.delenv("DEPLOYTOOLS_STAGE", raising=False)
+    for k, v in environ.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        DeployProgram().run(["deploytools", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert err.startswith("Error: unknown stage 'qa' (services.yaml declares: staging;"), err
