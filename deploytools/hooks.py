@@ -202,9 +202,13 @@ class Hooks:
         try:
             out, _ = proc.communicate(timeout=timeout)
             why = None if proc.returncode == 0 else f"exit {proc.returncode}"
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             _kill_group(proc)
-            out, _ = proc.communicate()
+            try:  # a process that left the group may still hold the pipe: not for long
+                out, _ = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                out = e.output.decode("utf-8", "replace") if isinstance(e.output, bytes) \
+                    else e.output or ""
             why = f"timed out after {timeout:g}s (killed)"
         self._show(point, "", out)
         return why
