@@ -59,7 +59,7 @@ def extract_globals(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     CI job writes); invoke only accepts core flags before the first task.
     """
     flags, hosts, rest = [], [], []
-    with_value = {"--lock-wait", "--services"}
+    with_value = {"--lock-wait", "--services", "--stage"}
     it = iter(argv)
     for tok in it:
         name = tok.split("=", 1)[0]
@@ -173,6 +173,8 @@ class DeployProgram(Fab):
                                                "or $DEPLOYTOOLS_CONFIG)."),
             Argument(names=("lock-wait",), kind=float, default=0.0,
                      help="Seconds to wait for another deploy's lock before giving up."),
+            Argument(names=("stage",), help="Stage from services.yaml's stages: (default: "
+                                            "production, or $DEPLOYTOOLS_STAGE)."),
         ]
 
     def normalize_argv(self, argv):
@@ -209,6 +211,8 @@ class DeployProgram(Fab):
         session = Session(config_path=self.args["services"].value
                           or os.environ.get("DEPLOYTOOLS_CONFIG"),
                           json_mode=json_mode, debug=self._debug,
+                          stage=self.args["stage"].value or os.environ.get("DEPLOYTOOLS_STAGE")
+                          or None,
                           lock_wait=float(self.args["lock-wait"].value or 0))
         # In the context every task receives: ours, and the user's tasks that call ours.
         attach(self.config, session)

@@ -6,11 +6,13 @@ calls exactly one of them.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from . import lock as lock_mod
 from . import lb, releases, signals
 from .errors import DeployError, LockedError, RestoreFailed, UsageError, errors_text
+from .hooks import Hooks
 from .hoststate import commit_of, fleet_rollback_target, inspect_all
 from .inventory import each
 from .probe import probe
@@ -274,7 +276,8 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
             states = inspect_all(service, fleet)
             targets = _rollback_targets(service, states, to, report)
             record = {"service": service.name, "action": "rollback", "hosts": hosts,
-                      "started": now_iso(), "user": lock.owner["user"], "job": lock.owner["job"]}
+                      "started": now_iso(), "user": lock.owner["user"], "job": lock.owner["job"],
+                      "stage": session.config.stage}
             if lock.taken_over:
                 record["took_over_lock"] = lock.taken_over
 
@@ -314,6 +317,18 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
             with lb.connect(service, session.config) as balancer:
                 _, errors = each(fleet, back, parallel=service.parallel)
             record["outcome"] = "unrestored" if errors else "success"
+            restored = [h for h in hosts if h in targets and h not in errors]
+            hooks = Hooks(service, stage=session.config.stage,
+                          say=lambda kind, message, **f: report.event(
+                              kind, message, service=service.name, **f),
+                          base_dir=os.path.dirname(os.path.abspath(session.config.path)),
+                          dir_of=lambda t: service.dir_on(t.host))
+            failures = hooks.fire("after_rollback", targets=[fleet[h] for h in restored],
+                                  fatal=False, hosts=tuple(restored), user=record["user"],
+                                  outcome=record["outcome"],
+                                  release=None) if hooks.any("after_rollback") else []
+            if failures:
+                record["hook_failures"] = failures
             record["duration"] = round(time.monotonic() - started, 2)
 
             def write(t):

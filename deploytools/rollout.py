@@ -6,6 +6,7 @@ plan through the execution seam and reports every step.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,6 +16,8 @@ from . import lock as lock_mod
 from . import releases, signals
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
                      RestoreFailed, StagingFailed, UsageError, errors_text, fleet_failure)
+from .config import PRODUCTION
+from .hooks import HookFailed, Hooks
 from .hoststate import inspect_all
 from .inventory import Target, each
 from . import plan as plan_mod
@@ -53,8 +56,12 @@ class Rollout:
         self.report = session.reporter
         self.runs = {h: HostRun(h) for h in hosts}
         self.started = time.monotonic()
+        self.stage = self.config.stage
         self.record: dict = {"service": service.name, "action": action, "hosts": hosts,
-                             "started": now_iso()}
+                             "started": now_iso(), "stage": self.stage}
+        self.commit = self.release = None
+        self.hooks = Hooks(service, stage=self.stage, say=self.say, dir_of=self.dir,
+                           base_dir=os.path.dirname(os.path.abspath(self.config.path)))
 
     # -- helpers -------------------------------------------------------------
     def dir(self, target: Target) -> str:
@@ -65,6 +72,36 @@ class Rollout:
 
     def say(self, kind: str, message: str, **fields):
         self.report.event(kind, message, service=self.service.name, **fields)
+
+    def _hook(self, point: str, hosts: list[str], *, fatal: bool, release: str | None = None,
+              **facts) -> None:
+        """Fire `point` with this deploy's facts; a fatal point raises HookFailed (the
+        caller's failure path handles it), any other records its failures."""
+        if not self.hooks.any(point, facts.get("wave")):
+            return
+        targets = [self.fleet[h] for h in hosts] if getattr(self, "fleet", None) else []
+        failures = self.hooks.fire(point, targets=targets, release=release, fatal=fatal,
+                                   commit=self.commit, hosts=tuple(hosts),
+                                   user=self.record.get("user"), **facts)
+        if failures:
+            self.record.setdefault("hook_failures", []).extend(failures)
+
+    def _check_required_stage(self, repo) -> None:
+        """production_requires: refuse, before anything is touched, a commit that the
+        required stage never deployed successfully."""
+        svc, need = self.service, self.service.production_requires
+        if need is None or self.stage != PRODUCTION or self.action == "plan":
+            return
+        if repo.deployed_to(need, self.commit):
+            self.say("required_stage", f"{self.commit[:7]} was deployed to {need}: ok",
+                     stage=need)
+            return
+        raise UsageError(
+            f"{svc.name}: {self.commit[:7]} ({repo.subject(self.commit)}) was never deployed "
+            f"successfully to {need}, and production requires it (production_requires: "
+            f"{need} in {os.path.basename(self.config.path)}). Nothing was touched. Deploy it "
+            f"to {need} first, then to production again:\n"
+            f"  deploytools stage:{need} deploy:{svc.name},ref={self.commit}")
 
     # -- the deploy ----------------------------------------------------------
     def _resolve(self) -> ServiceRepo:
@@ -91,7 +128,10 @@ class Rollout:
         svc = self.service
         repo = self._resolve()
         commit = self.commit
-        self.publishes = set(self.hosts) == set(svc.hosts)
+        whole = set(self.hosts) == set(svc.hosts)  # a `host:` subset is not a stage's deploy
+        self.publishes = whole and self.config.publishes
+        self.records_stage = whole and bool(self.config.stages)
+        self._check_required_stage(repo)
         if self.publishes:
             repo.check_fast_forward(commit, force=self.force)
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
@@ -119,6 +159,7 @@ class Rollout:
             except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP outside a wave
                 self.record.setdefault("outcome", "failed")
                 self.record["error"] = _interrupted(e)
+                self._on_failure(_interrupted(e))
                 if any(run.activated for run in self.runs.values()):
                     # Every wave passed: the release is live; only the bookkeeping stopped.
                     self.record["outcome"] = "live_unpublished"
@@ -134,6 +175,7 @@ class Rollout:
             except BaseException as e:
                 self.record.setdefault("outcome", "failed")
                 self.record["error"] = str(e)
+                self._on_failure(str(e))
                 raise
             finally:
                 self.record["duration"] = round(time.monotonic() - self.started, 2)
@@ -141,14 +183,34 @@ class Rollout:
                 lock.release()
         return outcome
 
+    def _on_failure(self, error: str) -> None:
+        """on_failure hooks: told, never able to make things worse (a failure warns)."""
+        try:
+            self._hook("on_failure", self.hosts, fatal=False, release=None,
+                       outcome=self.record.get("outcome"), error=error or None,
+                       waves=len(self.record.get("waves") or []) or None)
+        except Exception as e:  # noqa: BLE001  the deploy's own error must reach the user
+            self.say("warning", f"  warning: on_failure hooks could not run: {e}")
+
     def _locked(self, repo) -> dict:
         svc = self.service
         self._inspect()
         self._refuse_rejected()
         self.planned = self._plan(repo)
-        self._stage()
-        self._migrate()
         waves = self.planned.waves
+        try:
+            self._hook("before_stage", self.hosts, fatal=True, release=None, waves=len(waves))
+        except HookFailed as e:
+            self.record["failed_step"] = "before_stage"
+            raise HookFailed(f"{e}; nothing was touched.") from None
+        self._stage()
+        try:
+            self._hook("after_stage", self.hosts, fatal=True, release=self.release,
+                       waves=len(waves))
+        except HookFailed as e:
+            self.record["failed_step"] = "after_stage"
+            raise HookFailed(f"{e}; no host was switched.") from None
+        self._migrate()
         self.record["waves"] = waves
         i, wave = 0, []
         try:
@@ -158,8 +220,13 @@ class Rollout:
                 self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i,
                          hosts=wave)
                 t0 = time.monotonic()
+                # A failing before_wave or after_wave hook fails the wave like its gate.
+                self._hook("before_wave", wave, fatal=True, release=self.release, wave=i,
+                           waves=len(waves))
                 self._activate(wave)
                 self._gate(i, waves)
+                self._hook("after_wave", wave, fatal=True, release=self.release, wave=i,
+                           waves=len(waves))
                 self.say("wave_done", f"wave {i} ok ({time.monotonic() - t0:.1f}s)", wave=i)
         except (DeployError, KeyboardInterrupt) as e:
             reason = str(e) if isinstance(e, DeployError) else _interrupted(e)
@@ -176,11 +243,30 @@ class Rollout:
         tag = None
         if self.publishes:
             tag = self._publish(repo)
+        if self.records_stage:
+            self._record_stage(repo)
         self.record["outcome"] = "success"
         self.say("done", f"{svc.name} {self.release} is live on {', '.join(self.hosts)} "
                          f"({time.monotonic() - self.started:.1f}s)", release=self.release,
-                 commit=self.commit, tag=tag)
+                 commit=self.commit, tag=tag, stage=self.stage)
+        self._hook("after_deploy", self.hosts, fatal=False, release=self.release,
+                   outcome="success", waves=len(waves))
         return self.record
+
+    def _record_stage(self, repo) -> None:
+        """Remember in origin that this stage has this commit (production_requires reads it)."""
+        try:
+            ref = repo.mark_deployed(self.stage, self.commit)
+        except DeployError as e:
+            self.record["outcome"] = "live_unpublished"
+            raise PublishFailed(
+                f"{self.release} is live on every host of {self.stage} "
+                f"({', '.join(self.hosts)}), but that could not be recorded: {e.message}. A "
+                f"production deploy that requires {self.stage} will refuse it until you "
+                f"deploy the same commit again: deploytools stage:{self.stage} "
+                f"deploy:{self.service.name},ref={self.commit}") from None
+        self.record["stage_ref"] = ref
+        self.say("stage_ref", f"{self.stage} has {self.commit[:7]} ({ref})", ref=ref)
 
     def _publish(self, repo) -> str:
         """Move the production branch and push the date tag. Every host already
@@ -389,6 +475,11 @@ class Rollout:
         self.record["rolled_back"] = touched
         if failed:
             self.record["outcome"] = "unrestored"
+        if touched:
+            self._hook("after_rollback", [h for h in touched if h not in failed], fatal=False,
+                       release=None, outcome=self.record["outcome"],
+                       error=reason.splitlines()[0])
+        if failed:
             raise RestoreFailed(
                 f"the deploy failed ({reason.splitlines()[0]}) and these hosts could not be "
                 f"restored; a human must look:\n{errors_text(failed)}")

@@ -27,6 +27,7 @@ class Session:
     debug: bool = False
     lock_wait: float = 0.0
     selected: list[str] | None = None  # set by the `host` task
+    stage: str | None = None  # --stage, DEPLOYTOOLS_STAGE or the `stage` task; None: production
     reporter: Reporter = field(default=None)  # type: ignore[assignment]
     _config: object = None
     _pool: Pool = field(default_factory=Pool, repr=False)
@@ -45,16 +46,27 @@ class Session:
 
     @classmethod
     def from_env(cls, **kwargs) -> "Session":
-        """A session configured by the environment: DEPLOYTOOLS_CONFIG, DEPLOYTOOLS_JSON."""
+        """A session configured by the environment: DEPLOYTOOLS_CONFIG, DEPLOYTOOLS_JSON,
+        DEPLOYTOOLS_STAGE."""
         kwargs.setdefault("config_path", os.environ.get("DEPLOYTOOLS_CONFIG"))
+        kwargs.setdefault("stage", os.environ.get("DEPLOYTOOLS_STAGE") or None)
         kwargs.setdefault("json_mode", (os.environ.get("DEPLOYTOOLS_JSON") or "").lower() in TRUE)
         return cls(**kwargs)
 
     @property
     def config(self):
         if self._config is None:
-            self._config = config_mod.load(self.config_path)
+            self._config = config_mod.load(self.config_path, stage=self.stage)
         return self._config
+
+    def select_stage(self, name: str) -> str:
+        """Make `name` the stage of the tasks after it (`stage:staging deploy:airship`)."""
+        if not name or not name.strip():
+            raise UsageError("stage needs a name, e.g. deploytools stage:staging deploy:SERVICE.")
+        if name != self.stage:
+            self.stage = name
+            self._config = None  # connections are per host settings: the pool still serves
+        return self.config.stage  # loads it: an unknown stage fails here, not later
 
     def fleet(self, names) -> Fleet:
         """The targets for `names`, connected once per host for the whole command line

@@ -21,8 +21,17 @@ from invoke import task
 from deploytools import monitor as monitor_mod
 from deploytools import operations, session
 
-__all__ = ["host", "deploy", "restart", "rollback", "status", "setup", "history", "unlock",
+__all__ = ["stage", "host", "deploy", "restart", "rollback", "status", "setup", "history", "unlock",
            "smart_deploy", "plan", "migrate", "media", "monitor", "exec_"]
+
+
+@task(help={"name": "a stage declared under stages: in services.yaml (e.g. staging)"})
+def stage(c, name):
+    """Select the stage (its hosts, roles, env, gate, rollout) for the tasks after it.
+
+        deploytools stage:staging deploy:airship
+    """
+    session.of(c).select_stage(name)
 
 
 @task(help={"names": "host names or role names, separated by ',' or ';'"})

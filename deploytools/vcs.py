@@ -152,6 +152,33 @@ class ServiceRepo:
                 f"live one, use `deploytools rollback:{self.service.name},to=...` to go back, or pass "
                 "force=true to deploy it anyway.")
 
+    # Where a stage's successful deploys are recorded: one ref per commit in the
+    # service's own origin (see "Stages" in docs/design.md).
+    @staticmethod
+    def stage_ref(stage: str, sha: str) -> str:
+        return f"refs/deploytools/{stage}/{sha}"
+
+    def deployed_to(self, stage: str, sha: str) -> bool:
+        """Was `sha` deployed successfully to `stage`? Asked of origin itself, so every
+        controller (a fresh CI runner too) gets the same answer."""
+        ref = self.stage_ref(stage, sha)
+        try:
+            out = self.repo.git.ls_remote("origin", ref)
+        except git.GitCommandError as e:
+            raise DeployError(f"could not ask {self.service.repo} whether {sha[:7]} was "
+                              f"deployed to {stage}: {_git_message(e)}") from None
+        return any(line.split()[-1] == ref for line in out.splitlines() if line.strip())
+
+    def mark_deployed(self, stage: str, sha: str) -> str:
+        """Record in origin that `sha` was deployed successfully to `stage`."""
+        ref = self.stage_ref(stage, sha)
+        try:
+            self.repo.git.push("--quiet", "origin", f"+{sha}:{ref}")
+        except git.GitCommandError as e:
+            raise DeployError(f"could not push {ref} to {self.service.repo}: "
+                              f"{_git_message(e)}") from None
+        return ref
+
     def publish(self, sha: str, *, force: bool = False, message: str = "") -> str:
         """Move the production branch to `sha` and push a new date tag. Returns the tag."""
         self.check_fast_forward(sha, force=force)

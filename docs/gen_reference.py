@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from deploytools.config import (
-    DEFAULTABLE, GATE, HEALTH, HOST, HOST_NAME_RULE, LB, SERVICE, SERVICE_NAME_RULE, SSH, TOP,
+    HOOK, HOOK_POINTS, STAGE, DEFAULTABLE, GATE, HEALTH, HOST, HOST_NAME_RULE, LB, SERVICE, SERVICE_NAME_RULE, SSH, TOP,
     Setting,
 )
 from deploytools.config.declare import nonblank
@@ -150,6 +150,26 @@ def reference_markdown() -> str:
         "activation fails stays drained until it is restored and healthy. `status` shows "
         "each host's state in HAProxy. The whole `lb:` mapping is inherited from "
         "`defaults:` (not merged key by key).\n", _table(LB),
+        "## `hooks:` (in a service or in `defaults:`)\n",
+        "`<point>: [<hook>, ...]`, points: " + ", ".join(f"`{p}`" for p in HOOK_POINTS)
+        + ". `before_stage` runs after the lock is taken, before any host is touched; "
+        "`after_stage` once every host has the release staged; `before_wave` before the "
+        "wave's hosts switch (warm a cache there); `after_wave` after the wave's gate passed "
+        "(a smoke test); `after_deploy` once the deploy succeeded; `after_rollback` after "
+        "hosts were rolled back (by a failed deploy or by `rollback`); `on_failure` when a "
+        "deploy failed. A failing `before_*`, `after_stage` or `after_wave` hook fails the "
+        "deploy like a failed gate: every host it touched is rolled back, exit 1, recorded in "
+        "the history. A failing `after_deploy`, `after_rollback` or `on_failure` hook is a "
+        "warning. Output is shown prefixed with the hook point (and host); Python callables "
+        "registered with `deploytools.hooks.hook` run after these (see README).\n",
+        _table(HOOK),
+        "## `stages:`\n",
+        "`<stage>: {...}`: selected by `deploytools stage:<stage> ...`, `--stage <stage>` or "
+        "`DEPLOYTOOLS_STAGE`; without one, the stage is `production`: the file as written, plus "
+        "the changes of a stage named `production` if one is declared. Every stage is checked "
+        "whichever is selected, and two stages may not deploy a service into the same "
+        "directory of the same machine (its lock, history and `current` live there).\n",
+        _table(STAGE),
     ]
     return "\n".join(parts)
 

@@ -17,6 +17,7 @@ from .model import (
     LB, SOCKET_MODES, Lb, RELOAD_DEFAULT, RELOAD_SIGNALS, SERVICE, SERVICE_NAME, SERVICE_NAME_RULE, SSH, TOP,
     WSGI_KINDS, Config, FrozenMap, Gate, Health, Host, Service, Ssh,
 )
+from .model import HOOK, HOOK_PLACES, HOOK_POINTS, PRODUCTION, STAGE, Hook, Stage
 from .reader import DEFAULT_PATH, ENV_VAR, load, parse
 
 __all__ = [
@@ -24,5 +25,5 @@ __all__ = [
     "HOST_NAME", "HOST_NAME_RULE", "KINDS", "LB", "Lb", "SOCKET_MODES", "RELOAD_DEFAULT", "RELOAD_SIGNALS", "REQUIRED",
     "SERVICE", "SERVICE_NAME", "SERVICE_NAME_RULE", "SSH", "TOP", "WSGI_KINDS", "Config",
     "FrozenMap", "Gate", "Health", "Host", "Service", "Setting", "Ssh", "Type", "load", "parse",
-    "settings_of",
+    "settings_of", "HOOK", "HOOK_PLACES", "HOOK_POINTS", "PRODUCTION", "STAGE", "Hook", "Stage",
 ]

@@ -20,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {e}", file=sys.stderr)
         return e.exit_code
     print(f"{cfg.path}: ok: hosts {', '.join(cfg.hosts)}; roles {', '.join(cfg.roles) or '-'}; "
-          f"services {', '.join(cfg.services)}")
+          f"services {', '.join(cfg.services)}"
+          + (f"; stages {', '.join(cfg.stages)}" if cfg.stages else ""))
     return 0
 
 

@@ -244,11 +244,60 @@ class Lb(Declared):
         "Seconds to wait for a drained host's sessions to reach 0 before its restart.")
 
 
+
+def no_nul(value: str) -> None:
+    if "\0" in value:
+        raise ValueError("expected text without NUL bytes")
+
+
+no_nul.expect = "text without NUL bytes"  # type: ignore[attr-defined]
+
+# Where a deploy can run your commands (deploytools/hooks.py runs them).
+HOOK_POINTS = ("before_stage", "after_stage", "before_wave", "after_wave", "after_deploy",
+               "after_rollback", "on_failure")
+HOOK_PLACES = ("controller", "hosts")
+
+
+def hook_point(value: str) -> None:
+    if value not in HOOK_POINTS:
+        raise ValueError(f"unknown hook point {value!r} (hook points: {', '.join(HOOK_POINTS)})"
+                         f"{did_you_mean(value, HOOK_POINTS)}")
+
+
+@dataclass(frozen=True)
+class Hook(Declared):
+    """`hooks.<point>[i]:`: one shell command at a hook point."""
+
+    run: str = setting(
+        STR, REQUIRED, all_of(nonblank, no_nul),
+        "Shell command (`/bin/sh -c`). The deploy's facts are in its environment as "
+        "`DEPLOYTOOLS_*` variables (SERVICE, STAGE, RELEASE, COMMIT, HOSTS, WAVE, OUTCOME, "
+        "...), never pasted into the command.")
+    where: str = setting(
+        STR, "controller", one_of(*HOOK_PLACES),
+        "`controller`: once, on the machine running deploytools, in the directory of "
+        "services.yaml. `hosts`: on each host of the point (the wave's hosts for "
+        "`before_wave`/`after_wave`), in the release directory with the release's `env` "
+        "and virtualenv.")
+    timeout: float = setting(
+        NUMBER, 300.0, all_of(positive, at_most(_DAY, "seconds")),
+        "Seconds the hook may run; then it is killed and counts as failed.")
+    waves: tuple[int, ...] | None = setting(
+        ListOf("list of wave numbers", Setting("", INT, REQUIRED, at_least(1)), unique=True),
+        None, None,
+        "Only after (or before) these waves, e.g. `[1]`: a smoke test of the canary "
+        "(`before_wave` and `after_wave` only).", doc_default="every wave")
+
+    def _where(self) -> str:
+        return "hook"
+
+
 SSH = settings_of(Ssh)
 HOST = settings_of(Host)
 LB = settings_of(Lb)
 HEALTH = settings_of(Health)
 GATE = settings_of(Gate)
+HOOK = settings_of(Hook)
 
 
 def _item(type_: Type, validator: Any = None) -> Setting:
@@ -419,6 +468,18 @@ class Service(Declared):
         "Directory of your own templates (relative to services.yaml): a file there replaces "
         "the packaged template of the same name, e.g. `supervisord.conf.j2`.",
         defaultable=True)
+    hooks: Mapping[str, tuple[Hook, ...]] = setting(
+        MapOf("mapping point: list of hooks", hook_point,
+              Setting("", ListOf("list of hooks", Setting("", Section("mapping (see hooks)",
+                                                                      HOOK), REQUIRED)),
+                      REQUIRED)), None, None,
+        "Commands run at the deploy's hook points, see below. From `defaults:` as a whole "
+        "(a service's `hooks` replaces it).", defaultable=True, doc_default="`{}`")
+    production_requires: str | None = setting(
+        STR, None, nonblank,
+        "A stage (see `stages:`) where a commit must have been deployed successfully before "
+        "the production stage takes it; any other commit is refused before anything is "
+        "touched (exit 2).", defaultable=True)
 
     def _where(self) -> str:
         return f"services.{self.name}"
@@ -443,6 +504,51 @@ DEFAULTABLE = {name: s for name, s in SERVICE.items() if s.defaultable}
 
 
 @dataclass(frozen=True)
+class Stage(Declared):
+    """`stages.<name>:`: what selecting this stage changes in the rest of the file."""
+
+    name: str
+    hosts: Mapping[str, Host] = setting(
+        Type("mapping name: host", "a mapping"), None, None,
+        "Hosts while this stage is selected: added to `hosts:`, or replacing the host of the "
+        "same name (another address, root, ...).", doc_default="`{}`")
+    roles: Mapping[str, tuple[str, ...]] = setting(
+        Type("mapping role: list of host names", "a mapping"), None, None,
+        "Roles replaced while this stage is selected, e.g. `web: [stg-0, stg-1]`.",
+        doc_default="`{}`")
+    env: Mapping[str, str] = setting(
+        MapOf("mapping NAME: string", env_name, Setting("", STR, REQUIRED, env_value)),
+        None, None, "Merged over every service's `env`, key by key (the stage wins).",
+        doc_default="`{}`")
+    gate: Mapping[str, Any] = setting(
+        Section("mapping (see gate)", GATE), None, None,
+        "Merged over every service's `gate`, key by key (the stage wins).", doc_default="`{}`")
+    rollout: tuple[int | str, ...] | None = setting(
+        ListOf("list of host counts and \"N%\"", Setting("", ROLLOUT_STEP, REQUIRED,
+                                                          rollout_step)), None, None,
+        "Replaces every service's `rollout`.", doc_default="the service's")
+    publish: bool | None = setting(
+        BOOL, None, None,
+        "Move `production_branch` and push a date tag after a successful deploy. Only the "
+        "`production` stage does by default; another stage that publishes must name its "
+        "own `production_branch` and `tag_prefix`.", doc_default="true for production")
+    production_branch: str | None = setting(
+        STR, None, branch_name, "The branch this stage publishes to (with `publish`).",
+        doc_default="the service's")
+    tag_prefix: str | None = setting(
+        STR, None, tag_prefix, "Prefix of this stage's date tags (with `publish`).",
+        doc_default="the service's")
+
+    def _where(self) -> str:
+        return f"stages.{self.name}"
+
+
+STAGE = settings_of(Stage)
+PRODUCTION = "production"  # the stage of a command line that names none
+STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+@dataclass(frozen=True)
 class Config(Declared):
     """The whole of services.yaml, checked."""
 
@@ -463,6 +569,20 @@ class Config(Declared):
     services: Mapping[str, Service] = setting(
         Type("mapping name: service", "a mapping"), REQUIRED, None,
         "The services, by name (see below).")
+    stages: Mapping[str, Stage] = setting(
+        Type("mapping name: stage", "a mapping"), None, None,
+        "Stages such as `staging` and `production`, each changing hosts, roles, `env`, "
+        "`gate` and `rollout` while it is selected (see below).", doc_default="`{}`")
+    stage: str = PRODUCTION  # the selected stage (derived: the command line's)
+
+    @property
+    def publishes(self) -> bool:
+        """Does a successful deploy of the selected stage move the production branch
+        and push a date tag? Production's does; another stage's only with `publish`."""
+        declared = self.stages.get(self.stage)
+        if declared is not None and declared.publish is not None:
+            return declared.publish
+        return self.stage == PRODUCTION
 
     def service(self, name: str) -> Service:
         """The service called `name`, or a UsageError that lists the ones defined."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping, NoReturn
 
-from deploytools.errors import ConfigError
+from deploytools.errors import ConfigError, UsageError
 
 from .declare import (
     BY_KIND, DJANGO_ONLY, NUMBER, PATH, SCP, STR, URL, ListOf, MapOf, Section, Setting,
@@ -26,6 +26,7 @@ from .model import (
     RELOAD_DEFAULT, SERVICE, SERVICE_NAME, SERVICE_NAME_RULE, SSH, TOP, WSGI_KINDS, Config,
     FrozenMap, Gate, Health, Host, Service, Ssh,
 )
+from .model import HOOK, PRODUCTION, STAGE, STAGE_NAME, Hook, Stage
 from .yamllines import Map, parse_yaml
 
 ENV_VAR = "DEPLOYTOOLS_CONFIG"
@@ -139,7 +140,7 @@ def _where_belongs(key: str) -> str:
     return ""
 
 
-def _build(doc: Any, path: str, base: str) -> Config:
+def _build(doc: Any, path: str, base: str, stage: str | None = None) -> Config:
     r = _Reader(path, base)
     if doc is None:
         r.fail("", "the file is empty. It needs at least hosts: and services: "
@@ -161,8 +162,17 @@ def _build(doc: Any, path: str, base: str) -> Config:
                      config_file=r.local_path(s["config_file"])))
 
     require("hosts")
-    hosts = _hosts(r, doc, ssh)
-    roles = _roles(r, doc, hosts)
+    stages, overlay = _stages(r, doc, stage)
+    stage = stage or PRODUCTION
+    hosts = _hosts(r, doc["hosts"], "hosts", doc.key_lines["hosts"], ssh)
+    if "hosts" in overlay:  # the stage's hosts replace those of the same name
+        hosts.update(_hosts(r, overlay["hosts"], f"stages.{stage}.hosts",
+                            overlay.key_lines["hosts"], ssh))
+    roles = _roles(r, doc.get("roles"), "roles", doc.key_lines.get("roles"), hosts)
+    if "roles" in overlay:
+        roles.update(_roles(r, overlay["roles"], f"stages.{stage}.roles",
+                            overlay.key_lines["roles"], hosts))
+    staged = r.read(_plain(overlay), STAGE, f"stages.{stage}")
     defaults = r.read(r.mapping(doc.get("defaults"), "defaults", doc.key_lines.get("defaults"),
                                 "service settings"), DEFAULTABLE, "defaults",
                       hint=lambda key: (f" {key!r} cannot be set under defaults: give it in each "
@@ -178,10 +188,80 @@ def _build(doc: Any, path: str, base: str) -> Config:
         if not SERVICE_NAME.fullmatch(name):
             r.fail("services", f"invalid service name {name!r}: {SERVICE_NAME_RULE}.", line)
         m = r.mapping(m, f"services.{name}", line, "service settings", empty_ok=False)
-        services[name] = _service(r, name, m, line, defaults, hosts, roles)
+        services[name] = _service(r, name, m, line, defaults, hosts, roles, staged,
+                                  publishes=_publishes(stage, staged))
+        _check_requires(r, services[name], stages, m)
     _check_ports(r, services, hosts, services_map)
     return Config(path=path, ssh=ssh, hosts=FrozenMap(hosts), roles=FrozenMap(roles),
-                  defaults=_frozen(defaults), services=FrozenMap(services))
+                  defaults=_frozen(defaults), services=FrozenMap(services),
+                  stages=FrozenMap(stages), stage=stage)
+
+
+def _publishes(stage: str, staged: Mapping[str, Any]) -> bool:
+    return staged.get("publish", stage == PRODUCTION)
+
+
+def _stages(r: _Reader, doc: Map, stage: str | None) -> tuple[dict[str, Stage], Map]:
+    """The declared stages (their own keys checked), and the raw overlay of `stage`."""
+    stages_map = r.mapping(doc.get("stages"), "stages", doc.key_lines.get("stages"),
+                           "stage names to stage settings")
+    stages: dict[str, Stage] = {}
+    for name, m in stages_map.items():
+        line = stages_map.key_lines[name]
+        where = f"stages.{name}"
+        if not STAGE_NAME.fullmatch(name):
+            r.fail("stages", f"invalid stage name {name!r}: use lowercase letters, digits, '-' "
+                             "and '_', starting with a letter.", line)
+        m = r.mapping(m, where, line, "stage settings (hosts, roles, env, gate, rollout, ...)")
+        stages_map[name] = m
+        r.unknown_keys(m, STAGE, where)
+        plain = r.read(_plain(m), STAGE, where)
+        for key in ("hosts", "roles"):
+            r.mapping(m.get(key), f"{where}.{key}", m.key_lines.get(key), key)
+        if _publishes(name, plain) and name != PRODUCTION:
+            for key in ("production_branch", "tag_prefix"):
+                if key not in plain:
+                    r.fail(where, f"publishes (publish: true) but names no {key}: give it its "
+                                  f"own (e.g. {key}: {name if key == 'production_branch' else name + '-'}) "
+                                  "so it never moves production's.", line)
+        stages[name] = Stage(name=name, hosts=FrozenMap(), roles=FrozenMap(),
+                             env=FrozenMap(plain.get("env") or {}),
+                             gate=_frozen(plain.get("gate") or {}),
+                             **{k: v for k, v in plain.items() if k not in ("env", "gate")})
+    if stage is None or stage == PRODUCTION and stage not in stages_map:
+        return stages, Map.empty(None)
+    if stage not in stages_map:
+        declared = ", ".join(stages_map) or "none"
+        raise UsageError(f"unknown stage {stage!r} ({os.path.basename(r.path)} declares: "
+                         f"{declared}; `production` is the file without a stage's changes)."
+                         f"{did_you_mean(stage, stages_map)}")
+    return stages, stages_map[stage]
+
+
+def _plain(m: Map) -> Map:
+    """A stage's keys but hosts and roles (read as the top level's are)."""
+    out = Map.empty(m.line)
+    for key, value in m.items():
+        if key not in ("hosts", "roles"):
+            out[key] = value
+            out.key_lines[key] = m.key_lines[key]
+            out.raw[key] = m.raw[key]
+    return out
+
+
+def _check_requires(r: _Reader, svc: Service, stages: Mapping[str, Stage], m: Map) -> None:
+    need = svc.production_requires
+    if need is None:
+        return
+    where = f"services.{svc.name}.production_requires"
+    line = m.key_lines.get("production_requires", m.line)
+    if need == PRODUCTION:
+        r.fail(where, "production cannot require itself: name the stage a commit must pass "
+                      "first (e.g. staging).", line)
+    if need not in stages:
+        r.fail(where, f"unknown stage {need!r}; declared stages: "
+                      f"{', '.join(stages) or 'none (declare it under stages:)'}."
+                      f"{did_you_mean(need, stages)}", line)
 
 
 def _frozen(value: Any) -> Any:
@@ -189,17 +269,16 @@ def _frozen(value: Any) -> Any:
         else value
 
 
-def _hosts(r: _Reader, doc: Map, ssh: Ssh) -> dict[str, Host]:
-    hosts_map = r.mapping(doc["hosts"], "hosts", doc.key_lines["hosts"],
-                          "host names to host settings", empty_ok=False)
+def _hosts(r: _Reader, value: Any, at: str, at_line: int | None, ssh: Ssh) -> dict[str, Host]:
+    hosts_map = r.mapping(value, at, at_line, "host names to host settings", empty_ok=False)
     if not hosts_map:
-        r.fail("hosts", "no hosts are declared.", doc.key_lines["hosts"])
+        r.fail(at, "no hosts are declared.", at_line)
     hosts = {}
     for name, m in hosts_map.items():
         line = hosts_map.key_lines[name]
-        where = f"hosts.{name}"
+        where = f"{at}.{name}"
         if not HOST_NAME.fullmatch(name):
-            r.fail("hosts", f"invalid host name {name!r}: {HOST_NAME_RULE}.", line)
+            r.fail(at, f"invalid host name {name!r}: {HOST_NAME_RULE}.", line)
         m = r.mapping(m, where, line, "host settings (address, port, user, local, ...)",
                       empty_ok=False)
         h = _fill(HOST, r.read(m, HOST, where))
@@ -228,17 +307,17 @@ def _hosts(r: _Reader, doc: Map, ssh: Ssh) -> dict[str, Host]:
     return hosts
 
 
-def _roles(r: _Reader, doc: Map, hosts: Mapping[str, Host]) -> dict[str, tuple[str, ...]]:
-    roles_map = r.mapping(doc.get("roles"), "roles", doc.key_lines.get("roles"),
-                          "role names to lists of host names")
+def _roles(r: _Reader, value: Any, at: str, at_line: int | None,
+           hosts: Mapping[str, Host]) -> dict[str, tuple[str, ...]]:
+    roles_map = r.mapping(value, at, at_line, "role names to lists of host names")
     roles = {}
     for role, items in roles_map.items():
         line = roles_map.key_lines[role]
-        where = f"roles.{role}"
+        where = f"{at}.{role}"
         if not HOST_NAME.fullmatch(role):
-            r.fail("roles", f"invalid role name {role!r}: {HOST_NAME_RULE}.", line)
+            r.fail(at, f"invalid role name {role!r}: {HOST_NAME_RULE}.", line)
         if role in hosts:
-            r.fail("roles", f"{role!r} is the name of a host too; give the role its own name "
+            r.fail(at, f"{role!r} is the name of a host too; give the role its own name "
                             f"so that `host:{role}` means one thing.", line)
         if items is None or items == []:
             r.fail(where, "lists no hosts. Give a list of host names, e.g. [web-0, web-1].",
@@ -261,7 +340,8 @@ def _roles(r: _Reader, doc: Map, hosts: Mapping[str, Host]) -> dict[str, tuple[s
 
 
 def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, Any],
-             hosts: Mapping[str, Host], roles: Mapping[str, tuple[str, ...]]) -> Service:
+             hosts: Mapping[str, Host], roles: Mapping[str, tuple[str, ...]],
+             staged: Mapping[str, Any], *, publishes: bool = True) -> Service:
     where = f"services.{name}"
     given = r.read(m, SERVICE, where, hint=_where_belongs)
     lines = m.key_lines
@@ -357,10 +437,34 @@ def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, An
     if "timeout" not in defaults.get("health", {}) and "timeout" not in given.get("health", {}):
         health["timeout"] = HEALTH_TIMEOUT_DEFAULT.get(kind, health["timeout"])
     v["health"] = Health(**health)
-    v["gate"] = Gate(**_fill(GATE, defaults.get("gate", {}), given.get("gate", {})))
-    v["env"] = v["env"] if v["env"] is not None else FrozenMap()
+    v["gate"] = Gate(**_fill(GATE, defaults.get("gate", {}), given.get("gate", {}),
+                             staged.get("gate", {})))
+    v["env"] = FrozenMap({**(v["env"] or {}), **staged.get("env", {})})
+    if "rollout" in staged:
+        v["rollout"] = staged["rollout"]
+    for key in ("production_branch", "tag_prefix"):  # a publishing stage's own
+        if publishes and key in staged:
+            v[key] = staged[key]
+    v["hooks"] = _hooks(r, v["hooks"], f"{where}.hooks", lines.get("hooks", line))
     v["hosts"] = tuple(service_hosts)
     return Service(name=name, **v)
+
+
+def _hooks(r: _Reader, given: Mapping[str, Any] | None, where: str,
+           line: int) -> FrozenMap:
+    out = {}
+    for point, items in (given or {}).items():
+        hooks = []
+        for i, item in enumerate(items):
+            at = f"{where}.{point}[{i}]"
+            if "run" not in item:
+                r.fail(at, "missing required key 'run': the shell command to run.", line)
+            if "waves" in item and point not in ("before_wave", "after_wave"):
+                r.fail(f"{at}.waves", f"only for before_wave and after_wave (not {point}).",
+                       line)
+            hooks.append(Hook(**_fill(HOOK, item)))
+        out[point] = tuple(hooks)
+    return FrozenMap(out)
 
 
 def _check_ports(r: _Reader, services: Mapping[str, Service], hosts: Mapping[str, Host],
@@ -382,15 +486,43 @@ def _check_ports(r: _Reader, services: Mapping[str, Service], hosts: Mapping[str
 
 # --------------------------------------------------------------------------- entry points
 
-def parse(text: str, path: str = DEFAULT_PATH, base_dir: str | None = None) -> Config:
-    """Build a Config from YAML text. `path` names it in errors; relative paths in it are
-    resolved against `base_dir` (default: the directory of `path`)."""
+def parse(text: str, path: str = DEFAULT_PATH, base_dir: str | None = None,
+          stage: str | None = None) -> Config:
+    """Build a Config from YAML text, as `stage` sees it (default: production). `path`
+    names it in errors; relative paths in it are resolved against `base_dir` (default:
+    the directory of `path`). Every declared stage is checked, whichever is selected."""
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
-    return _build(parse_yaml(text, path), path, base)
+    doc = parse_yaml(text, path)
+    selected = _build(doc, path, base, stage)
+    if selected.stages:
+        views = {}  # production first: a clash names the other stage
+        for name in [PRODUCTION, *selected.stages]:
+            views[name] = selected if name == selected.stage else _build(doc, path, base, name)
+        _check_stages_apart(views, doc)
+    return selected
 
 
-def load(path: str | os.PathLike | None = None) -> Config:
-    """Load services.yaml: `path`, else $DEPLOYTOOLS_CONFIG, else ./services.yaml."""
+def _check_stages_apart(views: Mapping[str, Config], doc: Map) -> None:
+    """Two stages never deploy a service into the same directory of the same machine:
+    each stage's lock, history and `current` live there."""
+    seen: dict[tuple[str, str, str], str] = {}
+    for stage, cfg in views.items():
+        for svc in cfg.services.values():
+            for h in svc.hosts:
+                host = cfg.hosts[h]
+                key = (svc.name, host.address, svc.dir_on(host))
+                other = seen.setdefault(key, stage)
+                if other != stage:
+                    raise ConfigError(
+                        f"stages.{stage}: {svc.name} would deploy to {svc.dir_on(host)} on "
+                        f"{host.address} ({h}), which stage {other} deploys to as well. Give "
+                        f"stage {stage} its own hosts (its roles: or hosts:), or another root "
+                        "for that host.", path=cfg.path, line=doc.key_lines.get("stages"))
+
+
+def load(path: str | os.PathLike | None = None, stage: str | None = None) -> Config:
+    """Load services.yaml: `path`, else $DEPLOYTOOLS_CONFIG, else ./services.yaml, as
+    `stage` sees it (default: production)."""
     if path is None:
         path = os.environ.get(ENV_VAR) or DEFAULT_PATH
     shown = os.path.normpath(os.fspath(path))
@@ -406,5 +538,5 @@ def load(path: str | os.PathLike | None = None) -> Config:
                           path=shown) from None
     except OSError as e:
         raise ConfigError(f"cannot read it: {e.strerror}.", path=shown) from None
-    return parse(text, shown)
+    return parse(text, shown, stage=stage)
 

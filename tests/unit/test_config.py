@@ -461,7 +461,9 @@ def test_each_key_is_declared_once_as_a_model_field():
                                   (config.HOST, config.Host, {"name"}),
                                   (config.HEALTH, Health, set()), (config.GATE, Gate, set()),
                                   (config.SERVICE, config.Service, {"name"}),
-                                  (config.TOP, config.Config, {"path"})]:
+                                  (config.HOOK, config.Hook, set()),
+                                  (config.STAGE, config.Stage, {"name"}),
+                                  (config.TOP, config.Config, {"path", "stage"})]:
         names = [f.name for f in dataclasses.fields(model)]
         assert [n for n in names if n not in derived] == list(table)
         assert all(s.name == n and s.help for n, s in table.items())

@@ -86,7 +86,7 @@ def test_no_import_cycles():
 LAYERS = {
     0: {"errors", "booleans", "waves", "plan", "report", "render"},
     1: {"config", "script", "vcs", "probe", "inventory", "signals", "handoff"},
-    2: {"health", "supervisor", "venv", "lb"},
+    2: {"health", "supervisor", "venv", "lb", "hooks"},
     3: {"hoststate", "lock", "gate", "releases"},
     4: {"rollout", "session"},
     5: {"operations", "monitor"},

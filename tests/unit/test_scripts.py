@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploytools import gate, hoststate, lock, monitor, releases, render, supervisor, venv
+from deploytools import gate, hooks, hoststate, lock, monitor, releases, render, supervisor, venv
 from deploytools.config import parse
 from deploytools.errors import ConfigError
 from deploytools.inventory import Fleet, stdin_program, stream_program
@@ -94,6 +94,9 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
         out[f"stop:{k}"] = releases.stop_script(s, d)
         out[f"inspect:{k}"] = hoststate.inspect_script(s, d)
         out[f"ensure:{k}"] = supervisor.ensure_running_script(d)
+    for release in ("20260102T030405Z-abcdef1", None):
+        out[f"hook:{release}"] = hooks.hook_script(
+            d, release, v, {"DEPLOYTOOLS_SERVICE": "air", "DEPLOYTOOLS_HOSTS": v}, 30)
     s = cfg.service("harbor")
     for reuse in (False, True):
         out[f"build:{reuse}"] = "R=/srv/harbor/releases/R\n" + releases.build_script(
