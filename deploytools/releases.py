@@ -142,6 +142,11 @@ def prune_script(dir: str, keep: int, protect: list[str]) -> str:
                                 protect=[p for p in protect if p])
 
 
+def unstage_script(dir: str, release: str) -> str:
+    """Remove a staged release that was refused before any switch (never `current`)."""
+    return render.render_script("unstage.sh.j2", dir=dir, release=release)
+
+
 def mark_rejected_script(dir: str, release: str) -> str:
     return render.render_script("mark_rejected.sh.j2", dir=dir, release=release)
 

@@ -54,6 +54,7 @@ class Rollout:
         self.report = session.reporter
         self.runs = {h: HostRun(h) for h in hosts}
         self.pending: list[migrations.Pending] = []  # what migrate will apply, classified
+        self.staged_new: set[str] = set()  # hosts where this deploy made the release dir
         # The dry run's findings (plan): why no migration was listed, the refusal a
         # deploy would meet, the warnings it would print.
         self.migrations_note: str | None = None
@@ -297,11 +298,21 @@ class Rollout:
         except UsageError:
             self.record["outcome"] = "refused"
             self.record["failed_step"] = "migrations"
+            self._unstage()
             raise
         for w in warnings:
             self.say("warning", f"WARNING: {w}", warning=w)
         if warnings:
             self.record["migration_warnings"] = warnings
+
+    def _unstage(self) -> None:
+        """A refused release leaves nothing behind: the release directories this deploy
+        staged are removed (best effort), so a rollback never picks one."""
+        targets = [self.fleet[h] for h in self.hosts if h in self.staged_new]
+        _, errors = self.parallel(targets, lambda t: t.run(
+            releases.unstage_script(self.dir(t), self.release), what="removing the release"))
+        for name, err in errors.items():
+            self.say("warning", f"  {name}: could not remove {self.release}: {err}", host=name)
 
     def _record_migrations(self, state: dict, ran_post: bool) -> None:
         """The migration state and the classification, in every host's release: a
@@ -416,6 +427,8 @@ class Rollout:
             f = facts(r.stdout)
             run = self.runs[t.name]
             run.steps.append("fetch")
+            if f.get("release") == "staged":
+                self.staged_new.add(t.name)
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
             if "warning" in f:

@@ -86,6 +86,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
         out[f"migrations_plan:{k}"] = releases.migrations_plan_script(s, d, release=v)
         out[f"migrations_plan_dry:{k}"] = releases.migrations_plan_script(s, d, commit="f" * 40)
         out[f"migrate:{k}"] = releases.migrate_script(s, d, v)
+        out[f"unstage:{k}"] = releases.unstage_script(d, v)
         out[f"migrate_targets:{k}"] = releases.migrate_script(s, d, v, targets=[(v, v), ("a", "b")])
         out[f"migrate_none:{k}"] = releases.migrate_script(s, d, v, targets=[])
         out[f"venv:{k}"] = venv.build_script(s, d, d + "/releases/R")
