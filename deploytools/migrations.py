@@ -258,3 +258,11 @@ def pre_targets(migrations: list[Pending]) -> list[tuple[str, str]] | None:
 def contracted(records: Iterable[dict]) -> list[str]:
     """Names of the post-deploy migrations that ran, from migration-plan records."""
     return [r["name"] for r in records if r.get("post_deploy") and r.get("ran")]
+
+
+def irreversible_contracts(records: Iterable[dict]) -> list[Pending]:
+    """Contract migrations that ran and have an operation Django cannot reverse
+    (RunPython without reverse_code, RunSQL without reverse_sql, ...): what
+    `rollback migrate=true` refuses to reverse."""
+    return [m for m in from_records(r for r in records if r.get("ran"))
+            if m.verdict == CONTRACT and not m.reversible]

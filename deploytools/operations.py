@@ -164,8 +164,7 @@ def _contractions(service, first, releases_: list[str], cur: str, tgt: str, migr
                      f"code, and {tgt} will meet that schema (a dropped or renamed column or "
                      "table it may still use).", migrations=contracted)
     if migrate:
-        stuck = [m for m in migrations_mod.from_records(ran)
-                 if m.verdict == migrations_mod.CONTRACT and not m.reversible]
+        stuck = migrations_mod.irreversible_contracts(ran)
         if stuck:
             ops = "; ".join(f"{m.name} ({m.file}): " + ", ".join(
                 op.kind for op in m.operations if not op.reversible) for m in stuck)

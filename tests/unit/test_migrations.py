@@ -237,3 +237,15 @@ def test_contracted_lists_the_post_deploy_migrations_that_ran():
             dict(migration("a.2", "RemoveField", post=True).to_dict(), ran=False),
             dict(migration("a.0", "AddField").to_dict(), ran=True)]
     assert mig.contracted(recs) == ["a.1"]
+
+
+def test_rollback_refuses_only_contracts_that_ran_and_cannot_be_reversed():
+    drop = migration("a.0004_drop", "RemoveField", post=True)
+    data = migration("a.0005_data", "RemoveField", "RunPython", post=True)
+    data.operations[1].reversible = False
+    expand = migration("a.0003_add", "AddField", "RunPython")
+    expand.operations[1].reversible = False  # irreversible, but no contract
+    recs = [dict(m.to_dict(), ran=True) for m in (drop, data, expand)]
+    assert [m.name for m in mig.irreversible_contracts(recs)] == ["a.0005_data"]
+    recs[1]["ran"] = False  # never ran: nothing to reverse
+    assert mig.irreversible_contracts(recs) == []
