@@ -106,14 +106,22 @@ class Rollout:
         if svc.kind != "django" or not svc.migrate or not self.planned.runs("migrate"):
             return
         first = self.fleet[self.hosts[0]]
-        r = first.run(releases.migrations_plan_script(svc, self.dir(first), commit=self.commit),
-                      what="listing the pending migrations")
-        skipped = facts(r.stdout).get("migrations_plan_skipped")
+        try:
+            r = first.run(releases.migrations_plan_script(svc, self.dir(first),
+                                                          commit=self.commit),
+                          what="listing the pending migrations")
+            skipped = facts(r.stdout).get("migrations_plan_skipped")
+            data = None if skipped else migrations.parse_probe(r.stdout)
+        except (DeployError, ValueError) as e:
+            # e.g. the target needs a package the live virtualenv lacks: a deploy stages
+            # its own and lists them there; the dry run says it could not.
+            skipped = (f"the live virtualenv on {first.name} could not load the target's "
+                       f"migrations; a deploy lists them in its own: "
+                       f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}")
         if skipped:
             self.migrations_note = skipped
             return
-        self.pending = migrations.pending(migrations.parse_probe(r.stdout),
-                                          svc.post_deploy_migrations)
+        self.pending = migrations.pending(data, svc.post_deploy_migrations)
         try:
             self.warnings = migrations.check(svc.name, self.pending, force=self.force,
                                              strict=svc.migrations.strict)

@@ -29,7 +29,7 @@ SVC = "migr"
 PORT = 8700  # no other test uses it
 HOSTS = ["web-0", "web-1", "web-2", "web-3"]
 MIN_REQUESTS = 2000
-RATE = 200.0  # requests/s over all hosts, as test_zero_downtime
+RATE = 150.0  # requests/s over all hosts: >= 2,000 within a deploy, and the machine keeps up
 COLUMN_SQL = ("SELECT count(*) FROM information_schema.columns "
               "WHERE table_name = 'flights_flight' AND column_name = 'gate'")
 DROP = "flights.0004_remove_flight_gate"
@@ -44,7 +44,10 @@ class Migr(ServiceEnv):
             "app": "airship.wsgi:application", "port": PORT, "workers": 2,
             "graceful_timeout": 5,
             "env": {"DJANGO_SETTINGS_MODULE": "airship.settings", "DATABASE_URL": database_url},
-            "rollout": [1, "50%", "100%"], "keep_releases": 10})
+            "rollout": [1, "50%", "100%"], "keep_releases": 10,
+            # Less wall time: no static files to collect, and an inconclusive gate
+            # proceeds at once (the defaults say proceed) instead of extending the bake.
+            "collectstatic": False, "gate": {"max_extensions": 0}})
 
     def urls(self) -> list[str]:
         return [f"http://{self.env.fleet.host(h).address}:{PORT}/flights" for h in HOSTS]
