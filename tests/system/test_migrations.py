@@ -4,7 +4,8 @@ A service of its own (`migr`: the airship sample from its own origin, on port 87
 its own PostgreSQL database) on the four hosts, rollout canary -> 50% -> 100%
 (three waves). The releases (examples/build_repos.py): v5, then expand-column (adds a
 nullable Flight.gate that /flights reads), then drop-column (drops it, unmarked) and
-drop-column-post (the same with `post_deploy = True`).
+drop-column-post (the same with `post_deploy = True`); last, a commit whose post-deploy
+migration fails.
 
 Constant load on /flights of every host: an old host that meets a dropped column
 answers 500, so "0 failed requests" means no old host ever met the contraction. The
@@ -193,3 +194,35 @@ def test_rollback_past_a_contraction_warns_by_name(migr, postgres):
     assert migr.revisions() == {h: migr.sha("expand-column") for h in HOSTS}
     assert migr.history("web-0")[-1]["contracted_schema"] == [DROP]
     assert not has_gate(postgres)  # a warning, not a reversal
+
+
+def test_a_failing_post_deploy_migration_leaves_the_code_live_and_exits_3(migr, postgres):
+    """After the last wave the release serves everywhere; a post-deploy migration that
+    fails then changes none of that: exit 3, the history says post_deploy_failed, and
+    production is not moved."""
+    broken = migr.sample.commit("a post-deploy migration that fails", {
+        "flights/migrations/0005_fails.py": (
+            "from django.db import migrations\n\n\n"
+            "class Migration(migrations.Migration):\n"
+            "    post_deploy = True\n"
+            "    dependencies = [('flights', '0004_remove_flight_gate')]\n"
+            "    operations = [migrations.RunSQL('SELECT no_such_column FROM no_such_table')]\n")},
+        branch="post-deploy-fails", base="drop-column-post")
+    migr.data["services"][SVC]["rollout"] = ["100%"]  # one wave is enough here
+    migr.write()
+    try:
+        proc = migr.fab(f"deploy:{SVC},ref={broken}", check=False)
+    finally:
+        migr.data["services"][SVC]["rollout"] = [1, "50%", "100%"]
+        migr.write()
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "post-deploy migrations (flights.0005_fails) failed on web-0" in proc.stderr
+    assert "no_such_table" in proc.stderr and "stays live" in proc.stderr
+    assert migr.revisions() == {h: broken for h in HOSTS}
+    rec = migr.history("web-0")[-1]
+    assert (rec["outcome"], rec["failed_step"]) == ("post_deploy_failed", "post_deploy_migrate")
+    assert rec["post_deploy_failed"] == ["flights.0005_fails"]
+    assert not applied(postgres, "flights.0005_fails")
+    assert "tag" not in rec
+    assert build_repos.git(migr.sample.origin, "rev-parse", "production") == \
+        migr.sha("drop-column-post")
