@@ -108,6 +108,14 @@ class PublishFailed(DeployError):
     exit_code = EXIT_UNRESTORED
 
 
+class PostDeployFailed(DeployError):
+    """Every wave passed and the release is live, but a post-deploy migration failed:
+    the schema was not contracted and nothing was tagged. The code stays live (it does
+    not need the contraction); a human must fix the migration and run it."""
+
+    exit_code = EXIT_UNRESTORED
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT, SIGTERM or SIGHUP reached a command that changes hosts (a CI runner
     cancelling its job sends SIGTERM). Handled like Ctrl-C: roll back, record, unlock."""

@@ -11,6 +11,7 @@ import time
 
 from . import lock as lock_mod
 from . import lb, releases, signals
+from . import migrations as migrations_mod
 from .errors import DeployError, LockedError, RestoreFailed, UsageError, errors_text
 from .hooks import Hooks
 from .hoststate import commit_of, fleet_rollback_target, inspect_all
@@ -62,6 +63,7 @@ def plan(session, name: str, ref: str | None = None) -> dict:
     for step in p.steps:
         report.event("plan_step", f"  {'RUN ' if step.run else 'skip'}  {step.name:<14} {step.reason}",
                      step=step.name, run=step.run, reason=step.reason)
+    _plan_migrations(rollout, report)
     g = service.gate
     for i, wave in enumerate(p.waves, 1):
         report.event("plan_wave", f"  wave {i}: {', '.join(wave)}  then readiness "
@@ -69,6 +71,33 @@ def plan(session, name: str, ref: str | None = None) -> dict:
                                   f"(ceiling {g.max_error_rate:.1%})", wave=i, hosts=wave)
     report.event("plan_done", "nothing was changed (dry run)")
     return p.to_dict()
+
+
+def _plan_migrations(rollout, report) -> None:
+    """Each pending migration: its verdict, when it runs, its operations."""
+    if rollout.migrations_note:
+        report.event("plan_migrations", f"  migrations: not listed ({rollout.migrations_note})",
+                     note=rollout.migrations_note)
+        return
+    if not rollout.pending and not rollout.planned.runs("migrate"):
+        return
+    first = rollout.hosts[0]
+    report.event("plan_migrations", f"  migrations pending ({len(rollout.pending)}; loaded by "
+                                    f"Django on {first}):" if rollout.pending
+                 else "  migrations: none pending", count=len(rollout.pending))
+    for m in rollout.pending:
+        mark = f", marked post-deploy by {m.marked_by}" if m.post_deploy else ""
+        report.event("plan_migration", f"    {m.name}  {m.verdict.upper()}  runs {m.when}"
+                                       f"{mark}  ({m.file})", migration=m.to_dict())
+        for op in m.operations:
+            report.event("plan_migration_op", f"      {op.verdict:<8} {op.kind}: "
+                                              f"{op.description} ({op.reason})",
+                         migration=m.name, operation=op.to_dict())
+    if rollout.refusal:
+        report.event("plan_refusal", f"  A DEPLOY WOULD BE REFUSED (exit 2): {rollout.refusal}",
+                     error=rollout.refusal)
+    for w in rollout.warnings:
+        report.event("warning", f"  WARNING: {w}", warning=w)
 
 
 def _django(service) -> None:
@@ -101,17 +130,51 @@ def migrate(session, name: str, to: str | None = None) -> dict:
     return {"applied": applied}
 
 
-def _recorded_migrations(service, t, names: list[str]) -> dict[str, dict | None]:
+def _recorded(service, t, names: list[str]) -> tuple[dict, dict]:
+    """({release: migration state}, {release: migration-plan records}) as recorded in
+    each release (None: nothing recorded)."""
     r = t.run(releases.read_migrations_script(service.dir_on(t.host), names))
-    out: dict[str, dict | None] = {}
+    out: dict[str, dict] = {"@@migrations": {}, "@@migration_plan": {}}
     for line in r.stdout.splitlines():
-        if line.startswith("@@migrations "):
-            _, rel, body = line.split(" ", 2)
+        key, _, rest = line.partition(" ")
+        if key in out:
+            rel, _, body = rest.partition(" ")
             try:
-                out[rel] = json.loads(body)
+                out[key][rel] = json.loads(body)
             except ValueError:
-                out[rel] = None
-    return out
+                out[key][rel] = None
+    return out["@@migrations"], out["@@migration_plan"]
+
+
+def _recorded_migrations(service, t, names: list[str]) -> dict[str, dict | None]:
+    return _recorded(service, t, names)[0]
+
+
+def _contractions(service, first, releases_: list[str], cur: str, tgt: str, migrate: bool,
+                  report, record: dict) -> None:
+    """Rolling back from `cur` to `tgt`: warn when a release in between ran post-deploy
+    (contracting) migrations; with migrate=true, refuse to reverse a contract migration
+    Django cannot reverse. Raises before anything was changed."""
+    between = [r for r in releases_ if tgt < r <= cur]
+    _, plans = _recorded(service, first, between)
+    ran = [m for r in between for m in (plans.get(r) or []) if m.get("ran")]
+    contracted = migrations_mod.contracted(ran)
+    if contracted:
+        record["contracted_schema"] = contracted
+        report.event("warning", f"WARNING: rolling back past post-deploy migrations that ran "
+                     f"({', '.join(contracted)}): they contracted the schema for the newer "
+                     f"code, and {tgt} will meet that schema (a dropped or renamed column or "
+                     "table it may still use).", migrations=contracted)
+    if migrate:
+        stuck = migrations_mod.irreversible_contracts(ran)
+        if stuck:
+            ops = "; ".join(f"{m.name} ({m.file}): " + ", ".join(
+                op.kind for op in m.operations if not op.reversible) for m in stuck)
+            raise UsageError(
+                f"cannot roll back {service.name} with migrate=true: contract migrations "
+                f"have no backward operation, so Django cannot reverse them: {ops}. Nothing "
+                "was changed. Roll back without migrate=true (the schema stays as it is), or "
+                "give those operations a reverse (reverse_code / reverse_sql) in a new release.")
 
 
 def _reverse_migrations(service, t, current: str, target: str, report) -> list[str]:
@@ -301,6 +364,8 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
             first = fleet[next(h for h in hosts if h in targets)]
             cur, tgt = states[first.name].current, targets[first.name]
             if service.kind == "django" and service.migrate and cur and cur != tgt:
+                _contractions(service, first, states[first.name].releases, cur, tgt, migrate,
+                              report, record)
                 rec = _recorded_migrations(service, first, [cur, tgt])
                 if rec.get(cur) and rec.get(tgt) is not None:
                     delta = plan_mod.migration_delta(rec[cur], rec[tgt])

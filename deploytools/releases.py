@@ -142,6 +142,11 @@ def prune_script(dir: str, keep: int, protect: list[str]) -> str:
                                 protect=[p for p in protect if p])
 
 
+def unstage_script(dir: str, release: str) -> str:
+    """Remove a staged release that was refused before any switch (never `current`)."""
+    return render.render_script("unstage.sh.j2", dir=dir, release=release)
+
+
 def mark_rejected_script(dir: str, release: str) -> str:
     return render.render_script("mark_rejected.sh.j2", dir=dir, release=release)
 
@@ -168,11 +173,31 @@ def media_script(service, dir: str, release: str) -> str:
         service, dir, release, ["collectstatic", "--noinput", "-v0"])
 
 
-def migrate_script(service, dir: str, release: str, *, check_first: bool = True) -> str:
-    """Apply unapplied migrations (if any) and print the resulting state.
+def migrate_script(service, dir: str, release: str, *,
+                   targets: list[tuple[str, str]] | None = None) -> str:
+    """Apply unapplied migrations (if any) and print the resulting state; with
+    `targets`, only up to those [(app, migration)] (the ones before post-deploy ones).
 
     Prints `@@migrated yes|no`, then `showmigrations --list`."""
-    return render.render_script("migrate.sh.j2", rdir=f"{dir}/releases/{release}")
+    return render.render_script("migrate.sh.j2", rdir=f"{dir}/releases/{release}",
+                                targets=targets)
+
+
+def django_probe() -> str:
+    """The migration probe's source (templates/remote/django_migrations.py)."""
+    return (render.TEMPLATES / "remote" / "django_migrations.py").read_text()
+
+
+def migrations_plan_script(service, dir: str, *, release: str | None = None,
+                           commit: str | None = None) -> str:
+    """List the pending migrations with the facts of each operation: in the staged
+    `release`, or (a dry run, `commit`) in a temporary checkout with the live venv.
+
+    Prints `@@migrations_plan JSON` (migrations.parse_probe), or, in a dry run with
+    nothing live, `@@migrations_plan_skipped WHY`."""
+    return render.render_script("migrations_plan.sh.j2", program=django_probe(),
+                                rdir=f"{dir}/releases/{release}" if release else "",
+                                dir=dir, service=service, commit=commit or "")
 
 
 def read_migrations_script(dir: str, releases_: list[str]) -> str:

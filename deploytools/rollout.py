@@ -13,9 +13,10 @@ from datetime import datetime, timezone
 
 from . import gate, lb
 from . import lock as lock_mod
-from . import releases, signals
-from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
-                     RestoreFailed, StagingFailed, UsageError, errors_text, fleet_failure)
+from . import migrations, releases, signals
+from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError,
+                     PostDeployFailed, PublishFailed, RestoreFailed, StagingFailed, UsageError,
+                     errors_text, fleet_failure)
 from .config import PRODUCTION
 from .hooks import HookFailed, Hooks
 from .hoststate import inspect_all
@@ -55,6 +56,13 @@ class Rollout:
         self.action = action
         self.report = session.reporter
         self.runs = {h: HostRun(h) for h in hosts}
+        self.pending: list[migrations.Pending] = []  # what migrate will apply, classified
+        self.staged_new: set[str] = set()  # hosts where this deploy made the release dir
+        # The dry run's findings (plan): why no migration was listed, the refusal a
+        # deploy would meet, the warnings it would print.
+        self.migrations_note: str | None = None
+        self.refusal: str | None = None
+        self.warnings: list[str] = []
         self.started = time.monotonic()
         self.stage = self.config.stage
         self.record: dict = {"service": service.name, "action": action, "hosts": hosts,
@@ -122,7 +130,40 @@ class Rollout:
         with self.session.fleet(self.hosts) as fleet:
             self.fleet = fleet
             self._inspect()
-        return self._plan(repo)
+            self.planned = self._plan(repo)
+            self._dry_classify()
+        return self.planned
+
+    def _dry_classify(self) -> None:
+        """The dry run's view of the migrations: the target commit's migrations loaded
+        with the live release's virtualenv on the first host (nothing is staged).
+        Sets `pending`, `migrations_note` (why none were listed) and `refusal` (the
+        error a deploy would stop with, or None)."""
+        svc = self.service
+        if svc.kind != "django" or not svc.migrate or not self.planned.runs("migrate"):
+            return
+        first = self.fleet[self.hosts[0]]
+        try:
+            r = first.run(releases.migrations_plan_script(svc, self.dir(first),
+                                                          commit=self.commit),
+                          what="listing the pending migrations")
+            skipped = facts(r.stdout).get("migrations_plan_skipped")
+            data = None if skipped else migrations.parse_probe(r.stdout)
+        except (DeployError, ValueError) as e:
+            # e.g. the target needs a package the live virtualenv lacks: a deploy stages
+            # its own and lists them there; the dry run says it could not.
+            skipped = (f"the live virtualenv on {first.name} could not load the target's "
+                       f"migrations; a deploy lists them in its own: "
+                       f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}")
+        if skipped:
+            self.migrations_note = skipped
+            return
+        self.pending = migrations.pending(data, svc.post_deploy_migrations)
+        try:
+            self.warnings = migrations.check(svc.name, self.pending, force=self.force,
+                                             strict=svc.migrations.strict)
+        except UsageError as e:
+            self.refusal = str(e)
 
     def run(self) -> dict:
         svc = self.service
@@ -204,6 +245,7 @@ class Rollout:
             self.record["failed_step"] = "before_stage"
             raise HookFailed(f"{e}; nothing was touched.") from None
         self._stage()
+        self._classify()  # a refused contraction ends the deploy here, release unstaged
         try:
             self._hook("after_stage", self.hosts, fatal=True, release=self.release,
                        waves=len(waves))
@@ -239,6 +281,7 @@ class Rollout:
             raise HealthGateFailed(
                 f"wave {i} ({', '.join(wave)}) failed, and every host this deploy touched "
                 f"was rolled back:\n{reason}") from None
+        self._post_deploy()
         self._prune()
         tag = None
         if self.publishes:
@@ -319,8 +362,109 @@ class Rollout:
         self.record["plan"] = p.to_dict()["steps"]
         return p
 
+    def _classify(self) -> None:
+        """Before any migration or switch: list the migrations this deploy would apply
+        (Django's loader, in the staged release on the first host), classify them, and
+        refuse a contract that would run while old code serves (migrations.check)."""
+        svc = self.service
+        if svc.kind != "django" or not svc.migrate or not self.planned.runs("migrate"):
+            return
+        first = self.fleet[self.hosts[0]]
+        try:
+            r = first.run(releases.migrations_plan_script(svc, self.dir(first),
+                                                          release=self.release),
+                          what="listing the pending migrations")
+            data = migrations.parse_probe(r.stdout)
+        except (DeployError, ValueError) as e:
+            self.record["outcome"] = "failed"
+            self.record["failed_step"] = "migrations"
+            raise StagingFailed(f"listing the migrations of {self.release} failed on "
+                                f"{first.name}; no host was switched:\n{e}") from None
+        self.pending = migrations.pending(data, svc.post_deploy_migrations)
+        self.record["migration_plan"] = [m.to_dict() for m in self.pending]
+        for m in self.pending:
+            self.say("migration", f"  {m.name}: {m.verdict.upper()}, runs {m.when} "
+                                  f"({'; '.join(op.description for op in m.operations)})",
+                     migration=m.to_dict())
+        try:
+            warnings = migrations.check(svc.name, self.pending, force=self.force,
+                                        strict=svc.migrations.strict)
+        except UsageError:
+            self.record["outcome"] = "refused"
+            self.record["failed_step"] = "migrations"
+            self._unstage()
+            raise
+        for w in warnings:
+            self.say("warning", f"WARNING: {w}", warning=w)
+        if warnings:
+            self.record["migration_warnings"] = warnings
+
+    def _unstage(self) -> None:
+        """A refused release leaves nothing behind: the release directories this deploy
+        staged are removed (best effort), so a rollback never picks one."""
+        targets = [self.fleet[h] for h in self.hosts if h in self.staged_new]
+        _, errors = self.parallel(targets, lambda t: t.run(
+            releases.unstage_script(self.dir(t), self.release), what="removing the release"))
+        for name, err in errors.items():
+            self.say("warning", f"  {name}: could not remove {self.release}: {err}", host=name)
+
+    def _record_migrations(self, state: dict, ran_post: bool) -> None:
+        """The migration state and the classification, in every host's release: a
+        rollback compares the states and warns about contractions that ran."""
+        plan = [dict(m.to_dict(), ran=ran_post or not m.post_deploy) for m in self.pending]
+        base = f"releases/{self.release}/.deploy"
+        self.parallel(self.fleet, lambda t: t.run(
+            write_file(f"{self.dir(t)}/{base}/migrations.json",
+                       json.dumps(state, sort_keys=True) + "\n", 0o644) + "\n"
+            + write_file(f"{self.dir(t)}/{base}/migration-plan.json",
+                         json.dumps(plan, sort_keys=True) + "\n", 0o644),
+            what="recording the migration state"))
+
+    def _post_deploy(self) -> None:
+        """The post-deploy migrations: once, on the first host, after the last wave
+        passed and before the tag. Only when this deploy covers every host of the
+        service: any host left on the old code would meet the contracted schema."""
+        post = [m for m in self.pending if m.post_deploy]
+        if not post:
+            return
+        svc = self.service
+        names = ", ".join(m.name for m in post)
+        if not self.publishes:
+            self.record["post_deploy_skipped"] = [m.name for m in post]
+            self.say("warning", f"WARNING: post-deploy migrations {names} were not run: this "
+                                "deploy covered only some of the service's hosts, and the "
+                                "others still run the old code. They run after the last wave "
+                                "of the next deploy to every host.", migrations=[m.name for m in post])
+            return
+        first = self.fleet[self.hosts[0]]
+        t0 = time.monotonic()
+        self.say("post_deploy", f"post-deploy migrations on {first.name}: {names}",
+                 host=first.name, migrations=[m.name for m in post])
+        try:
+            r = first.run(releases.migrate_script(svc, self.dir(first), self.release),
+                          what="running the post-deploy migrations")
+        except DeployError as e:
+            self.record["outcome"] = "post_deploy_failed"
+            self.record["failed_step"] = "post_deploy_migrate"
+            self.record["post_deploy_failed"] = [m.name for m in post]
+            raise PostDeployFailed(
+                f"{self.release} is live on every host ({', '.join(self.hosts)}), but its "
+                f"post-deploy migrations ({names}) failed on {first.name}. The new code "
+                f"stays live (it does not need them); the schema was not contracted, and "
+                f"{svc.production_branch} was not moved:\n{e.message}\nFix the migration, "
+                f"then run it with: deploytools migrate:{svc.name} (or deploy the same commit "
+                "again, which also tags it).") from None
+        self.runs[first.name].steps.append("post_deploy_migrate")
+        self.record["post_deploy_migrations"] = [m.name for m in post]
+        state = plan_mod.parse_showmigrations(r.stdout)
+        self.record["migrations"] = state
+        self._record_migrations(state, ran_post=True)
+        self.say("post_deploy_done", f"  {first.name}: post-deploy migrations applied "
+                                     f"({time.monotonic() - t0:.1f}s)", host=first.name)
+
     def _migrate(self) -> None:
-        """Once per deploy, on one host, before any host is activated."""
+        """Once per deploy, on one host, before any host is activated (post-deploy
+        migrations wait: `_post_deploy`)."""
         svc = self.service
         if svc.kind != "django" or not svc.migrate:
             return
@@ -329,7 +473,8 @@ class Rollout:
         if self.planned.runs("migrate"):
             t0 = time.monotonic()
             try:
-                r = first.run(releases.migrate_script(svc, d, self.release),
+                r = first.run(releases.migrate_script(
+                    svc, d, self.release, targets=migrations.pre_targets(self.pending)),
                               what="migrating the database")
             except DeployError as e:
                 self.record["outcome"] = "failed"
@@ -348,11 +493,7 @@ class Rollout:
                             what="reading the migration state").stdout
         state = plan_mod.parse_showmigrations(out)
         self.record["migrations"] = state
-        # Recorded in every host's release: a rollback compares these.
-        body = json.dumps(state, sort_keys=True)
-        self.parallel(self.fleet, lambda t: t.run(
-            write_file(f"{self.dir(t)}/releases/{self.release}/.deploy/migrations.json",
-                       body + "\n", 0o644), what="recording the migration state"))
+        self._record_migrations(state, ran_post=False)
 
     def _refuse_rejected(self) -> None:
         if self.force:
@@ -380,6 +521,8 @@ class Rollout:
             f = facts(r.stdout)
             run = self.runs[t.name]
             run.steps.append("fetch")
+            if f.get("release") == "staged":
+                self.staged_new.add(t.name)
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
             if "warning" in f:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from deploytools.config import (
-    HOOK, HOOK_POINTS, STAGE, DEFAULTABLE, GATE, HEALTH, HOST, HOST_NAME_RULE, LB, SERVICE, SERVICE_NAME_RULE, SSH, TOP,
+    DEFAULTABLE, GATE, HEALTH, HOOK, HOOK_POINTS, HOST, HOST_NAME_RULE, LB, MIGRATIONS, SERVICE,
+    SERVICE_NAME_RULE, SSH, STAGE, TOP,
     Setting,
 )
 from deploytools.config.declare import nonblank
@@ -37,7 +38,7 @@ General rules:
   written (`branch: 1.10` is the branch `1.10`).
 - An empty value (`key:` or `null`) is an error, except for settings whose
   default is unset (they stay unset), `requirements` (no requirements file)
-  and the `health`, `gate`, `defaults`, `roles`, `ssh` and `env` mappings
+  and the `health`, `gate`, `migrations`, `defaults`, `roles`, `ssh` and `env` mappings
   (empty).
 - Paths on this machine (a local `repo`, `ssh.known_hosts`, identity
   files, a local host's `root`) expand `~`, and a relative one is resolved
@@ -45,7 +46,7 @@ General rules:
 - Two services may not use the same port on the same host (nor on two local
   hosts that share an address).
 - A service's keys come from the service, else from `defaults:`, else from
-  the default below; `health` and `gate` are merged key by key.
+  the default below; `health`, `gate` and `migrations` are merged key by key.
 - The file is `./services.yaml`, or the path in `$DEPLOYTOOLS_CONFIG`.
 """
 
@@ -170,6 +171,14 @@ def reference_markdown() -> str:
         "whichever is selected, and two stages may not deploy a service into the same "
         "directory of the same machine (its lock, history and `current` live there).\n",
         _table(STAGE),
+        "## `migrations:` (in a service or in `defaults:`; django only)\n",
+        "Every deploy that runs `migrate` classifies the pending migrations' operations as "
+        "expand (safe while the old code serves), contract (breaks it) or unknown, with "
+        "Django's own migration loader in the new release (docs/design.md, \"Migrations in a "
+        "rolling deploy\", has the table). A contract that is not post-deploy (`post_deploy "
+        "= True` on the Migration, or `post_deploy_migrations:`) refuses the deploy with "
+        "exit 2 unless force=true; post-deploy migrations run once after the last wave.\n",
+        _table(MIGRATIONS),
     ]
     return "\n".join(parts)
 

@@ -13,6 +13,8 @@ tags (v1, v2, ...), so each stays reachable in origin and in every clone
 even after `push()` moves master.
 
   airship (Django)  master v1..v5 (== v5); branches broken-import, errors-20, fails-on-others
+                    (on v2), expand-column (on v5), drop-column and drop-column-post
+                    (on expand-column)
   skiff (Flask)     master v1..v3 (== v3); branches broken-import, errors-20
   dory (WSGI)       master v1..v3 (== v3); branches broken-import, errors-20
   harbor (Java 17)  master v1..v3 (== v3); branches errors-20, broken-build, fails-to-start
@@ -26,6 +28,9 @@ even after `push()` moves master.
   broken-import    imports a missing module: the app cannot load, `gunicorn --check-config` fails
   errors-20        every 5th request to `/` in each process answers 500; /healthz stays 200
   fails-on-others  `/` answers 500 unless the short hostname is web-0; /healthz stays 200
+  expand-column    Flight.gate, nullable (migration 0003, an expand); /flights reads it
+  drop-column      /flights stops reading gate, migration 0004 drops it (a contract, unmarked)
+  drop-column-post the same, with `post_deploy = True` on the Migration
 
 harbor is a JDK-only HTTP server (no Maven/Gradle): stage it with `sh build.sh`
 (javac + jar into build/harbor.jar), run it with `java -jar build/harbor.jar`
@@ -112,6 +117,7 @@ class Step:
     label: str
     message: str
     edits: Mapping[str, Edit] = field(default_factory=dict)
+    base: Optional[str] = None  # a branch's parent label (default: the sample's `base`)
 
 
 @dataclass
@@ -148,6 +154,45 @@ def every_fifth_fails(module: str, index_head: str, failure: str) -> dict[str, S
 
 BROKEN = "import does_not_exist  # noqa: F401  broken-import: this release cannot start\n"
 SIX = "import six  # noqa: F401  v3 needs a new requirement\n"
+
+MIGRATION_0003 = '''\
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("flights", "0002_flight_destination")]
+
+    operations = [
+        migrations.AddField(
+            model_name="flight",
+            name="gate",
+            field=models.CharField(max_length=8, null=True),
+        ),
+    ]
+'''
+
+
+def drop_gate(post_deploy: bool) -> dict[str, Edit]:
+    """Stop reading Flight.gate and drop its column (migration 0004): a contract, safe
+    only once no old host reads the column, i.e. after the last wave."""
+    mark = ("    # Drops a column the previous release reads: run it after the last wave.\n"
+            "    post_deploy = True\n\n") if post_deploy else ""
+    return {
+        "flights/models.py": Sub(("    gate = models.CharField(max_length=8, null=True)\n", "")),
+        "airship/views.py": Sub(('        "with_gate": Flight.objects.filter(gate__isnull=False).count(),\n', "")),
+        "flights/migrations/0004_remove_flight_gate.py": f'''\
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+{mark}    dependencies = [("flights", "0003_flight_gate")]
+
+    operations = [
+        migrations.RemoveField(model_name="flight", name="gate"),
+    ]
+''',
+    }
+
 
 AIRSHIP = Sample("airship", master=[
     Step("v1", "airship: Django project with the flights app, migration 0001 and static css"),
@@ -198,6 +243,20 @@ class Migration(migrations.Migration):
         '    if socket.gethostname().split(".")[0] != "web-0":  # fails-on-others\n'
         '        log.error("simulated failure: / only works on web-0")\n'
         '        return HttpResponse("only works on web-0", status=500, content_type="text/plain")\n'))}),
+    # Issue 12: expand, then contract. /flights reads Flight.gate from expand-column on,
+    # so an old host fails the moment the column is dropped under it.
+    Step("expand-column", "airship: add a nullable Flight.gate (migration 0003, expand)", {
+        "flights/models.py": Sub(("    created =", "    gate = models.CharField(max_length=8, null=True)\n"
+                                                "    created =")),
+        "flights/migrations/0003_flight_gate.py": MIGRATION_0003,
+        "airship/views.py": Sub(('        "with_destination": Flight.objects.exclude(destination="").count(),\n',
+                                 '        "with_destination": Flight.objects.exclude(destination="").count(),\n'
+                                 '        "with_gate": Flight.objects.filter(gate__isnull=False).count(),\n')),
+    }, base="v5"),
+    Step("drop-column", "airship: drop Flight.gate (migration 0004, a contract, not marked)",
+         drop_gate(post_deploy=False), base="expand-column"),
+    Step("drop-column-post", "airship: drop Flight.gate (migration 0004, marked post_deploy)",
+         drop_gate(post_deploy=True), base="expand-column"),
 ])
 
 SKIFF = Sample("skiff", master=[
@@ -398,7 +457,7 @@ def build_one(sample: Sample, dest: Path) -> SampleRepo:
         commit(step, str(n) if n > 1 else None)  # examples/NAME already says VERSION = "1"
         git(work, "tag", step.label)
     for step in sample.branches:
-        git(work, "checkout", "--quiet", "-b", step.label, repo.commits[sample.base])
+        git(work, "checkout", "--quiet", "-b", step.label, repo.commits[step.base or sample.base])
         commit(step, None)
     git(work, "checkout", "--quiet", MASTER)
     git(work, "push", "--quiet", "--set-upstream", "origin", "--all")

@@ -14,7 +14,7 @@ docs/gen_reference.py. `python -m deploytools.config --check FILE` checks a file
 from .declare import REQUIRED, Setting, Type, settings_of
 from .model import (
     DEFAULTABLE, GATE, HEALTH, HEALTH_TIMEOUT_DEFAULT, HOST, HOST_NAME, HOST_NAME_RULE, KINDS,
-    LB, SOCKET_MODES, Lb, RELOAD_DEFAULT, RELOAD_SIGNALS, SERVICE, SERVICE_NAME, SERVICE_NAME_RULE, SSH, TOP,
+    LB, MIGRATIONS, SOCKET_MODES, Lb, RELOAD_DEFAULT, RELOAD_SIGNALS, SERVICE, SERVICE_NAME, SERVICE_NAME_RULE, SSH, TOP,
     WSGI_KINDS, Config, FrozenMap, Gate, Health, Host, Service, Ssh,
 )
 from .model import HOOK, HOOK_PLACES, HOOK_POINTS, PRODUCTION, STAGE, Hook, Stage
@@ -22,7 +22,7 @@ from .reader import DEFAULT_PATH, ENV_VAR, load, parse
 
 __all__ = [
     "DEFAULTABLE", "DEFAULT_PATH", "ENV_VAR", "GATE", "HEALTH", "HEALTH_TIMEOUT_DEFAULT", "HOST",
-    "HOST_NAME", "HOST_NAME_RULE", "KINDS", "LB", "Lb", "SOCKET_MODES", "RELOAD_DEFAULT", "RELOAD_SIGNALS", "REQUIRED",
+    "HOST_NAME", "HOST_NAME_RULE", "KINDS", "LB", "MIGRATIONS", "Lb", "SOCKET_MODES", "RELOAD_DEFAULT", "RELOAD_SIGNALS", "REQUIRED",
     "SERVICE", "SERVICE_NAME", "SERVICE_NAME_RULE", "SSH", "TOP", "WSGI_KINDS", "Config",
     "FrozenMap", "Gate", "Health", "Host", "Service", "Setting", "Ssh", "Type", "load", "parse",
     "settings_of", "HOOK", "HOOK_PLACES", "HOOK_POINTS", "PRODUCTION", "STAGE", "Hook", "Stage",

@@ -297,6 +297,8 @@ user_name = _matches("a user name", r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
 tag_prefix = _matches("a tag prefix (letters, digits, '.', '_', '/', '-'; starting with a letter "
                       "or digit: git refuses a tag that starts with '-')",
                       r"([A-Za-z0-9][A-Za-z0-9._/-]*)?")
+migration_name = _matches("a migration as app.name, e.g. flights.0004_remove_flight_gate",
+                          r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_]+")
 program = _matches("a program name or path, without spaces", r"\S+")
 _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 branch_name = _rule("a git branch name (letters, digits, '.', '_', '/', '-')",

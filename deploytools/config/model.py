@@ -18,7 +18,7 @@ from .declare import (
     BOOL, BY_KIND, DJANGO_ONLY, INT, NUMBER, PATH, REQUIRED, ROLLOUT_STEP, STATUS, STR,
     Declared, ListOf, MapOf, Section, Setting, Type, absolute_path, address, all_of, app_ref,
     at_least, at_least_one, at_most, bind_address, branch_name, build_output, did_you_mean,
-    env_name, env_value, host_root, non_negative, nonblank, one_of, pathspec, port_number,
+    env_name, env_value, host_root, migration_name, non_negative, nonblank, one_of, pathspec, port_number,
     positive, probability, program, rate, relative_path, repo_url, rollout_step, safe_path,
     setting, settings_of, shell_line, single_line, small_rate, status, tag_prefix, url_path,
     user_name,
@@ -290,6 +290,15 @@ class Hook(Declared):
 
     def _where(self) -> str:
         return "hook"
+@dataclass(frozen=True)
+class Migrations(Declared):
+    """`migrations:`: how a deploy judges the migrations it applies (django only)."""
+
+    strict: bool = setting(
+        BOOL, False, None,
+        "Refuse a deploy with a migration operation of unknown effect on the old code "
+        "(`RunSQL`, `RunPython`, a custom operation) unless it is post-deploy or the deploy "
+        "says force=true. Default: a warning.")
 
 
 SSH = settings_of(Ssh)
@@ -298,6 +307,7 @@ LB = settings_of(Lb)
 HEALTH = settings_of(Health)
 GATE = settings_of(Gate)
 HOOK = settings_of(Hook)
+MIGRATIONS = settings_of(Migrations)
 
 
 def _item(type_: Type, validator: Any = None) -> Setting:
@@ -430,6 +440,17 @@ class Service(Declared):
         BOOL, DJANGO_ONLY, None,
         "Run `manage.py migrate` once per deploy, before the canary (django only).",
         doc_default="true for django")
+    post_deploy_migrations: tuple[str, ...] | None = setting(
+        ListOf("list of app.migration names", _item(STR, migration_name), unique=True),
+        None, None,
+        "Migrations that run once, on the first host, after the last wave passed and before "
+        "the tag (like `post_deploy = True` on the Migration class): the ones that contract "
+        "the schema (drop or rename a column or table) while the old code still serves "
+        "during the waves (django only).", doc_default="none")
+    migrations: Migrations = setting(
+        Section("mapping (see migrations)", MIGRATIONS), None, None,
+        "How pending migrations are judged, see below; merged key by key with "
+        "`defaults.migrations`.", defaultable=True, doc_default="see below")
     collectstatic: bool = setting(
         BOOL, DJANGO_ONLY, None,
         "Run `manage.py collectstatic` while staging each release (django only).",

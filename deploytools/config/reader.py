@@ -23,8 +23,9 @@ from .declare import (
 )
 from .model import (
     DEFAULTABLE, GATE, HEALTH, HEALTH_TIMEOUT_DEFAULT, HOST, HOST_NAME, HOST_NAME_RULE, LB, Lb,
+    MIGRATIONS,
     RELOAD_DEFAULT, SERVICE, SERVICE_NAME, SERVICE_NAME_RULE, SSH, TOP, WSGI_KINDS, Config,
-    FrozenMap, Gate, Health, Host, Service, Ssh,
+    FrozenMap, Gate, Health, Host, Migrations, Service, Ssh,
 )
 from .model import HOOK, PRODUCTION, STAGE, STAGE_NAME, Hook, Stage
 from .yamllines import Map, parse_yaml
@@ -134,7 +135,7 @@ def _fill(settings: Mapping[str, Setting], *layers: Mapping[str, Any]) -> dict[s
 
 
 def _where_belongs(key: str) -> str:
-    for section, settings in (("health", HEALTH), ("gate", GATE)):
+    for section, settings in (("health", HEALTH), ("gate", GATE), ("migrations", MIGRATIONS)):
         if key in settings:
             return f" {key!r} belongs in the {section}: mapping."
     return ""
@@ -439,6 +440,12 @@ def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, An
     v["health"] = Health(**health)
     v["gate"] = Gate(**_fill(GATE, defaults.get("gate", {}), given.get("gate", {}),
                              staged.get("gate", {})))
+    v["migrations"] = Migrations(**_fill(MIGRATIONS, defaults.get("migrations", {}),
+                                         given.get("migrations", {})))
+    if v["post_deploy_migrations"] and kind != "django":
+        r.fail(f"{where}.post_deploy_migrations", "only django services have migrations; "
+               "remove it.", lines["post_deploy_migrations"])
+    v["post_deploy_migrations"] = v["post_deploy_migrations"] or ()
     v["env"] = FrozenMap({**(v["env"] or {}), **staged.get("env", {})})
     if "rollout" in staged:
         v["rollout"] = staged["rollout"]

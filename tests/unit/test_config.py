@@ -172,6 +172,17 @@ def test_minimal_config_defaults(tmp_path):
     assert s.dir_on(host) == "/srv/skiff"
 
 
+def test_migration_keys(tmp_path):
+    cfg = parse(svc(GOOD + "post_deploy_migrations: [flights.0004_remove_flight_gate]\n",
+                    head=HOSTS + "defaults:\n  migrations: {strict: true}\n"),
+                "services.yaml", str(tmp_path))
+    s = cfg.service("airship")
+    assert s.post_deploy_migrations == ("flights.0004_remove_flight_gate",)
+    assert s.migrations == config.model.Migrations(strict=True)
+    plain = parse(svc(GOOD), "services.yaml", str(tmp_path)).service("airship")
+    assert (plain.post_deploy_migrations, plain.migrations.strict) == ((), False)
+
+
 def test_yaml_merge_keys_are_not_duplicates(tmp_path):
     cfg = load(write(tmp_path, """\
         hosts:
@@ -385,6 +396,13 @@ BROKEN = [
     ("root-double-quote", svc(GOOD + "root: '/srv/a\"b'\n"), 13, "got '/srv/a\"b'"),
     ("root-shell", svc(GOOD + "root: /srv/$(reboot)\n"), 13, "got '/srv/$(reboot)'"),
     ("root-semicolon", svc(GOOD + "root: /srv/a;b\n"), 13, "got '/srv/a;b'"),
+    ("post-deploy-name", svc(GOOD + "post_deploy_migrations: [0004_drop]\n"), 13,
+     "expected a migration as app.name, e.g. flights.0004_remove_flight_gate, got '0004_drop'"),
+    ("post-deploy-flask", svc(GOOD.replace("django", "flask")
+                              + "post_deploy_migrations: [flights.0004_drop]\n"), 13,
+     "only django services have migrations"),
+    ("migrations-strict-type", svc(GOOD + "migrations: {strict: sometimes}\n"), 13,
+     "services.airship.migrations.strict: expected"),
     ("defaults-root-space", HOSTS + "defaults:\n  root: /srv/a b\n" + svc(GOOD, head=""), 7,
      "defaults.root: expected a path of letters"),
     ("host-root-space", "hosts:\n  web-0:\n    address: a\n    root: /srv/a b\n", 4,

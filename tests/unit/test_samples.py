@@ -25,7 +25,8 @@ import build_repos
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ALLOWED_REQUIREMENTS = {"Django", "gunicorn", "psycopg[binary]", "Flask", "six"}
 LABELS = {
-    "airship": {"v1", "v2", "v3", "v4", "v5", "broken-import", "errors-20", "fails-on-others"},
+    "airship": {"v1", "v2", "v3", "v4", "v5", "broken-import", "errors-20", "fails-on-others",
+                "expand-column", "drop-column", "drop-column-post"},
     "skiff": {"v1", "v2", "v3", "broken-import", "errors-20"},
     "dory": {"v1", "v2", "v3", "broken-import", "errors-20"},
     "harbor": {"v1", "v2", "v3", "errors-20", "broken-build", "fails-to-start"},
@@ -33,6 +34,9 @@ LABELS = {
 }
 TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3", "ketch": "v3"}
 BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fails-to-start"}
+# Issue 12's releases: a chain of branches on top of master's tip (not on v2).
+MIGRATION_BRANCHES = {"expand-column": "v5", "drop-column": "expand-column",
+                      "drop-column-post": "expand-column"}
 
 
 
@@ -82,7 +86,8 @@ def test_labels_and_refs(repos):
         assert git(repo.work, "rev-parse", "HEAD") == repo.commits[TIP[name]]
         assert git(repo.work, "status", "--porcelain") == ""
         for label, sha in repo.commits.items():
-            ref = f"refs/heads/{label}" if label in BRANCHES else f"refs/tags/{label}"
+            ref = (f"refs/heads/{label}" if label in BRANCHES | set(MIGRATION_BRANCHES)
+                   else f"refs/tags/{label}")
             assert git(repo.origin, "rev-parse", ref) == sha
 
 
@@ -378,7 +383,25 @@ def test_airship_tip_migrates_and_serves_new_static(repos, tmp_path):
     assert "color: #654321" in results[2][3]
 
 
-@pytest.mark.parametrize("label", ["v1", "v4"])
+def test_airship_expand_then_contract_releases(repos, tmp_path):
+    repo = repos["airship"]
+    for label, base in MIGRATION_BRANCHES.items():
+        assert git(repo.work, "rev-parse", f"{repo.commits[label]}^") == repo.commits[base]
+    assert changed(repo, "v5", "expand-column") == {
+        "flights/models.py": "M", "airship/views.py": "M", "flights/migrations/0003_flight_gate.py": "A"}
+    for label in ("drop-column", "drop-column-post"):
+        assert changed(repo, "expand-column", label) == {
+            "flights/models.py": "M", "airship/views.py": "M",
+            "flights/migrations/0004_remove_flight_gate.py": "A"}
+    path = "flights/migrations/0004_remove_flight_gate.py"
+    assert "post_deploy = True" in show(repo, "drop-column-post", path)
+    assert "post_deploy" not in show(repo, "drop-column", path)
+    tree = repo.export("expand-column", tmp_path / "expand")
+    results = run_django(tree, tmp_path, ["/flights"])
+    assert json.loads(results[0][3]) == {"count": 0, "with_destination": 0, "with_gate": 0}
+
+
+@pytest.mark.parametrize("label", ["v1", "v4", "expand-column", "drop-column", "drop-column-post"])
 def test_airship_has_no_missing_migrations(repos, tmp_path, label):
     tree = repos["airship"].export(label, tmp_path / label)
     proc = subprocess.run([sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
