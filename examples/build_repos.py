@@ -17,6 +17,7 @@ even after `push()` moves master.
   dory (WSGI)       master v1..v3 (== v3); branches broken-import, errors-20
   harbor (Java 17)  master v1..v3 (== v3); branches errors-20, broken-build, fails-to-start
   ketch (Flask app factory, pyproject.toml, no requirements file)  master v1..v3 (== v3)
+  flaskr (Flask's tutorial app, verbatim from Flask 3.1.3's sdist; BSD, LICENSE.txt)  master v1
 
   v2               code only (`/` also reports the Python version)
   v3               new requirement `six`, imported by the app (dory: a second code change;
@@ -287,7 +288,14 @@ KETCH = Sample("ketch", master=[
     }),
 ], branches=[])
 
-SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY, HARBOR, KETCH)}
+# Flask's own tutorial app, exactly as Flask 3.1.3's sdist ships it (examples/tutorial,
+# with its LICENSE.txt): the bar of issue 16 is that a project nobody here wrote deploys
+# unmodified. One commit; nothing of ours (no VERSION) is added to it.
+FLASKR = Sample("flaskr", master=[
+    Step("v1", "flaskr: the Flask tutorial app, verbatim from the Flask 3.1.3 sdist"),
+], branches=[])
+
+SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY, HARBOR, KETCH, FLASKR)}
 
 
 # --- the repositories ---------------------------------------------------------

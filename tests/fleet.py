@@ -78,6 +78,7 @@ TEST_REQUIREMENTS = [
     "six",
     "supervisor>=4.2",
     "uv>=0.4",  # installer: uv (tests/system/test_modern.py)
+    "flit_core>=3.2,<4",  # flaskr's build backend (examples/flaskr, built from source on the hosts)
     "setuptools",
     "wheel",
 ]
