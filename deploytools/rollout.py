@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from . import gate, lb
 from . import lock as lock_mod
-from . import releases, signals
+from . import releases, signals, venv
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
                      RestoreFailed, StagingFailed, UsageError, errors_text, fleet_failure)
 from .hoststate import inspect_all
@@ -52,6 +52,7 @@ class Rollout:
         self.action = action
         self.report = session.reporter
         self.runs = {h: HostRun(h) for h in hosts}
+        self.locked: str | None = None  # a poetry.lock / Pipfile.lock as hashed requirements
         self.started = time.monotonic()
         self.record: dict = {"service": service.name, "action": action, "hosts": hosts,
                              "started": now_iso()}
@@ -94,6 +95,9 @@ class Rollout:
         self.publishes = set(self.hosts) == set(svc.hosts)
         if self.publishes:
             repo.check_fast_forward(commit, force=self.force)
+        # A poetry.lock / Pipfile.lock becomes a hashed requirements list here, so a lock
+        # that cannot be installed is refused before any host is touched.
+        self.locked = venv.locked_requirements(svc, commit, lambda p: repo.file_at(commit, p))
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
                          f"{self.release} to {', '.join(self.hosts)}",
                  commit=commit, release=self.release, hosts=self.hosts)
@@ -289,16 +293,16 @@ class Rollout:
             r = t.run(releases.stage_script(
                 svc, t.host, self.dir(t), self.release, self.commit, manifest,
                 static="run" if self.planned.runs("collectstatic") else "reuse",
-                build="run" if self.planned.runs("build") else "reuse"),
+                build="run" if self.planned.runs("build") else "reuse", locked=self.locked),
                       what=f"staging {self.release}")
             f = facts(r.stdout)
             run = self.runs[t.name]
             run.steps.append("fetch")
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
-            if "warning" in f:
-                self.say("warning", f"  {t.name}: warning: {f['warning']}", host=t.name,
-                         warning=f["warning"])
+            for warning in fact_list(r.stdout, "warning"):
+                self.say("warning", f"  {t.name}: warning: {warning}", host=t.name,
+                         warning=warning)
             if "build" in f:
                 run.steps.append("build" if f["build"] == "ran" else "build_reused")
             if "collectstatic" in f:

@@ -52,7 +52,7 @@ haproxy_name.expect = "an HAProxy name"  # type: ignore[attr-defined]
 RELOAD_DEFAULT = {"command": "restart"}  # else HUP
 HEALTH_TIMEOUT_DEFAULT = {"command": 30.0}  # else Health.timeout's default
 INCONCLUSIVE_ACTIONS = ("rollback", "proceed")
-INSTALL_METHODS = ("auto", "requirements", "uv", "project", "none")
+INSTALL_METHODS = ("auto", "requirements", "uv", "poetry", "pipenv", "project", "none")
 
 
 class FrozenMap(Mapping):
@@ -332,21 +332,26 @@ class Service(Declared):
         "virtualenv. With `install: auto`, a requirements file other than the default "
         "that is missing from a release is an error.", nullable=True)
     installer: str = setting(
-        STR, "pip", one_of("pip", "uv"),
-        "What installs into the virtualenv: `pip`, or `uv` (installed once from your index, "
-        "through `pip_args`, into the service's `tools/` next to supervisor; `uv pip install` "
-        "with uv's wheel cache, which every service of the same user on a host shares). A "
-        "uv-built virtualenv has no pip in it. A change builds a new virtualenv.",
+        STR, "uv", one_of("pip", "uv"),
+        "What installs into the virtualenv: `uv` (installed once from your index, through "
+        "`pip_args`, into the service's `tools/` next to supervisor; `uv pip install` with "
+        "uv's wheel cache, which every service of the same user on a host shares; a "
+        "uv-built virtualenv has no pip in it), or `pip`. Where uv cannot be installed, "
+        "pip builds the virtualenv, with a warning. A change builds a new virtualenv.",
         defaultable=True)
     install: str = setting(
         STR, "auto", one_of(*INSTALL_METHODS),
         "How the virtualenv gets the project's dependencies. `auto` looks in the release, "
         "in this order: the `requirements` file; `uv.lock` (`uv sync --frozen`, with the "
-        "`tools/` uv of `installer: uv`, else a `uv` on the host's PATH; `poetry.lock` and `Pipfile.lock` are refused, not yet supported); "
+        "`tools/` uv, else a `uv` on the host's PATH); `poetry.lock`, then `Pipfile.lock` "
+        "(their runtime packages, read on the controller into a pinned list installed with "
+        "`--require-hashes`, then the project itself without dependencies if it has a "
+        "pyproject.toml or setup.py; neither Poetry nor Pipenv is needed on the hosts); "
         "`pyproject.toml`, `setup.py` or `setup.cfg` (`pip install` of the project itself, "
-        "non-editable); else nothing, with a warning. `requirements`, `uv`, `project` or "
-        "`none` choose one, and a missing file is an error at staging. The virtualenv is "
-        "rebuilt exactly when the chosen method's files change.", defaultable=True)
+        "non-editable); else nothing, with a warning. `requirements`, `uv`, `poetry`, "
+        "`pipenv`, `project` or `none` choose one, and a missing file is an error. The "
+        "virtualenv is rebuilt exactly when the chosen method's inputs change.",
+        defaultable=True)
     env: Mapping[str, str] = setting(
         MapOf("mapping NAME: string", env_name, _item(STR, env_value)), None, None,
         "Environment variables. Scalars are taken as written (`010` stays `010`, `yes` "
