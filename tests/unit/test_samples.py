@@ -24,7 +24,8 @@ import pytest
 import build_repos
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-ALLOWED_REQUIREMENTS = {"Django", "gunicorn", "psycopg[binary]", "Flask", "flask", "six"}
+ALLOWED_REQUIREMENTS = {"Django", "gunicorn", "psycopg[binary]", "Flask", "flask", "six",
+                        "SQLAlchemy", "alembic"}
 LABELS = {
     "airship": {"v1", "v2", "v3", "v4", "v5", "broken-import", "errors-20", "fails-on-others"},
     "skiff": {"v1", "v2", "v3", "broken-import", "errors-20"},
@@ -32,13 +33,16 @@ LABELS = {
     "harbor": {"v1", "v2", "v3", "errors-20", "broken-build", "fails-to-start"},
     "ketch": {"v1", "v2", "v3"},
     "flaskr": {"v1"},
+    "tern": {"v1", "v2", "v3", "v4", "drop-tags"},
 }
-TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3", "ketch": "v3", "flaskr": "v1"}
+TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3", "ketch": "v3", "flaskr": "v1",
+       "tern": "v4"}
 VERBATIM = {"flaskr"}  # someone else's project, as published: no VERSION of ours in it
 # sha256sum of `find . -type f | sort | xargs sha256sum` in Flask 3.1.3's examples/tutorial
 # (flask-3.1.3.tar.gz, sha256 0ef0e52b8a9cd932855379197dd8f94047b359ca0a78695144304cb45f87c9eb)
 FLASKR_TREE = "3052b5f2a1c98ee7b373f274eb4b5910ef7d6f976a86e5c9aa4aead1422269c9"
-BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fails-to-start"}
+BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fails-to-start",
+            "drop-tags"}
 
 
 
@@ -106,9 +110,10 @@ def test_master_is_linear_and_versions_count_up(repos):
 
 def test_branches_are_one_change_on_top_of_v2(repos):
     for name, repo in repos.items():
+        base = build_repos.SAMPLES[name].base  # v2, or v4 for tern
         for label in BRANCHES & set(repo.commits):
-            assert git(repo.work, "rev-parse", f"{repo.commits[label]}^") == repo.commits["v2"]
-            assert 'VERSION = "2"' in show(repo, label, version_file(name))
+            assert git(repo.work, "rev-parse", f"{repo.commits[label]}^") == repo.commits[base]
+            assert f'VERSION = "{base[1:]}"' in show(repo, label, version_file(name))
     airship = repos["airship"]
     assert changed(airship, "v2", "broken-import") == {"airship/urls.py": "M"}
     assert changed(airship, "v2", "errors-20") == {"airship/views.py": "M"}
@@ -191,6 +196,18 @@ def test_ketch_is_an_app_factory_with_an_init_db_command(repos, tmp_path):
         assert json.loads(flask_get(app, "/posts")[2]) == {"posts": 0}
     with imported(repo.export("v3", tmp_path / "v3"), "ketch") as mod:
         assert json.loads(flask_get(mod.create_app(), "/")[2])["version"] == "3"
+
+
+def test_tern_history(repos):
+    tern = repos["tern"]
+    assert changed(tern, "v2", "v3") == {"tern/version.py": "M", "tern/__init__.py": "M",
+                                         "requirements.txt": "M"}
+    assert changed(tern, "v3", "v4") == {"tern/version.py": "M", "tern/__init__.py": "M",
+                                         "migrations/versions/0002_post_tags.py": "A"}
+    assert changed(tern, "v4", "drop-tags") == {"tern/__init__.py": "M",
+                                                "migrations/versions/0003_drop_tags.py": "A"}
+    assert git(tern.work, "rev-parse", f"{tern.commits['drop-tags']}^") == tern.commits["v4"]
+    assert "tags" not in show(tern, "drop-tags", "tern/__init__.py")
 
 
 def test_flaskr_is_flasks_tutorial_unmodified(repos, tmp_path):
