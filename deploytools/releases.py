@@ -178,6 +178,12 @@ def migrate_script(service, dir: str, release: str, *, check_first: bool = True)
     return render.render_script("migrate.sh.j2", rdir=f"{dir}/releases/{release}")
 
 
+def migrate_command_script(service, dir: str, release: str) -> str:
+    """Run `migrate_command` in the release (non-Django). Prints `@@migrated ran`."""
+    return render.render_script("migrate_command.sh.j2", rdir=f"{dir}/releases/{release}",
+                                command=service.migrate_command)
+
+
 def read_migrations_script(dir: str, releases_: list[str]) -> str:
     """Prints `@@migrations RELEASE JSON` for each release (JSON null: none recorded)."""
     return render.render_script("read_migrations.sh.j2", dir=dir, releases=list(releases_))

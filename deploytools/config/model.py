@@ -386,6 +386,22 @@ class Service(Declared):
         BOOL, DJANGO_ONLY, None,
         "Run `manage.py migrate` once per deploy, before the canary (django only).",
         doc_default="true for django")
+    migrate_command: str | None = setting(
+        STR, None, shell_line,
+        "Command that migrates the database for a non-Django service, e.g. `flask db "
+        "upgrade` or `alembic upgrade head`: run once per deploy on the first host, in the "
+        "new release with its environment and virtualenv, before the canary (the old code "
+        "still serves meanwhile, so a migration must be compatible with it). A failure "
+        "stops the deploy with no host switched. Not for django (it has `migrate`).",
+        doc_default="unset")
+    migrations_path: str | None = setting(
+        PATH, None, relative_path,
+        "Directory of the migrations in the repository, e.g. `migrations/versions`: a smart "
+        "deploy runs `migrate_command` only when a file under it changed, and a plain one "
+        "classifies the changed Alembic migrations' upgrade() operations (a column or table "
+        "dropped or renamed, a column made NOT NULL without a server default: refused "
+        "unless force=true; raw SQL: a warning). Unset: the command always runs, unchecked.",
+        doc_default="unset")
     collectstatic: bool = setting(
         BOOL, DJANGO_ONLY, None,
         "Run `manage.py collectstatic` while staging each release (django only).",
