@@ -104,6 +104,10 @@ def test_an_expand_migration_runs_and_is_classified(env, postgres):
     for h in HOSTS:
         assert served(env, h, "/posts")["posts"][0]["tags"] is None
         assert "venv_reused" in last(env, h)["steps"] and venv_of(env, h) == STATE["v3"][h]
+    # The migrate task runs migrate_command in the live release (alembic: nothing to do).
+    proc = env.fab(f"migrate:{SVC}")
+    assert "tern on web-0: migrate_command ran" in proc.stdout
+    assert schema(postgres) == ("0002", ["id", "tags", "title"])
 
 
 def test_a_contract_migration_is_refused_with_nothing_touched(env, postgres):
