@@ -112,6 +112,7 @@ def dependency_files(service) -> tuple[str, ...]:
     (the host's venv key decides in the end; this only predicts a restart)."""
     req = (service.requirements,) if service.requirements else ()
     return {"requirements": req, "uv": ("uv.lock", "pyproject.toml"),
+            "poetry": ("poetry.lock",) + PROJECT_FILES, "pipenv": ("Pipfile.lock",) + PROJECT_FILES,
             "project": PROJECT_FILES, "none": ()}.get(
         service.install, req + LOCK_FILES + PROJECT_FILES)
 
