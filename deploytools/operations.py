@@ -111,6 +111,12 @@ def migrate(session, name: str, to: str | None = None) -> dict:
     `to=RELEASE`, migrate to the state recorded in that release's manifest."""
     to = _given(to, "to", "a release name")
     service, hosts = _service_and_hosts(session, name)
+    if service.kind != "django" and service.migrate_command:
+        if to:
+            raise UsageError(f"{service.name}: to= needs Django's recorded migration state; "
+                             "with migrate_command, run your tool's downgrade through exec, "
+                             f"e.g. deploytools exec:{service.name},'alembic downgrade -1',once=true")
+        return _migrate_command(session, service, hosts)
     _django(service)
     with session.fleet(hosts[:1]) as fleet:
         t = fleet[hosts[0]]
@@ -128,6 +134,21 @@ def migrate(session, name: str, to: str | None = None) -> dict:
                                       f"{'applied' if applied else 'already up to date'}",
                            applied=applied)
     return {"applied": applied}
+
+
+def _migrate_command(session, service, hosts) -> dict:
+    """`migrate_command` in the live release of the first host, under the deploy lock."""
+    with session.fleet(hosts[:1]) as fleet:
+        t = fleet[hosts[0]]
+        with _lock(session, fleet, service, "migrate"):
+            st = inspect_all(service, fleet)[t.name]
+            if not st.current:
+                raise UsageError(f"nothing is deployed on {t.name} yet: deploy first.")
+            t.run(releases.migrate_command_script(service, service.dir_on(t.host), st.current),
+                  what="migrating (migrate_command)")
+    session.reporter.event("migrate", f"{service.name} on {t.name}: migrate_command ran",
+                           applied=True)
+    return {"applied": True}
 
 
 def _recorded(service, t, names: list[str]) -> tuple[dict, dict]:

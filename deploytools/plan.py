@@ -3,7 +3,8 @@
 A step is needed when the change touches its inputs:
 - virtualenv: a file the install method may read (`dependency_files`: a new
   venv, and a restart onto it);
-- migrate: a new or changed migration file (`<app>/migrations/NNNN_*.py`);
+- migrate: a new or changed migration file (`<app>/migrations/NNNN_*.py`), or for
+  `migrate_command` any file under `migrations_path` (always, without one);
 - collectstatic: any file under a `static/` directory (otherwise the live
   release's collected files are reused, hard-linked);
 - build (kind command): a file matching `build_inputs` (default: any file).
@@ -79,6 +80,13 @@ def decide(service, target: str, changes: dict[str, list[str] | None]) -> list[S
     if service.kind == "django" and service.migrate:
         run, why = needed(lambda f: bool(_MIGRATION.search(f)), "migrations")
         steps.append(Step("migrate", run, why))
+    if service.kind != "django" and service.migrate_command:
+        if service.migrations_path:
+            base = service.migrations_path.rstrip("/")
+            run, why = needed(lambda f: f == base or f.startswith(base + "/"), base)
+        else:
+            run, why = True, "no migrations_path: migrate_command runs on every deploy"
+        steps.append(Step("migrate", run, why))
     if service.kind == "command":
         steps.append(Step("restart", True, "reload_signal is restart: the program is stopped "
                                            "and started on the new release")
@@ -104,6 +112,7 @@ def dependency_files(service) -> tuple[str, ...]:
     (the host's venv key decides in the end; this only predicts a restart)."""
     req = (service.requirements,) if service.requirements else ()
     return {"requirements": req, "uv": ("uv.lock", "pyproject.toml"),
+            "poetry": ("poetry.lock",) + PROJECT_FILES, "pipenv": ("Pipfile.lock",) + PROJECT_FILES,
             "project": PROJECT_FILES, "none": ()}.get(
         service.install, req + LOCK_FILES + PROJECT_FILES)
 

@@ -75,24 +75,27 @@ def _build_context(service, dir: str, rdir: str, *, reuse: bool) -> dict:
 
 
 def stage_script(service, host, dir: str, release: str, commit: str, manifest: dict,
-                 *, static: str = "run", build: str = "run") -> str:
+                 *, static: str = "run", build: str = "run", locked: str | None = None) -> str:
     """Prepare a release next to the live one; never touches `current`.
 
     On any failure the half-made release directory is removed. Prints
     `@@tools built`, `@@venv built|reused KEY`, `@@build ran|reused`,
-    `@@collectstatic ran|reused`, `@@release staged|exists`.
+    `@@collectstatic ran|reused`, `@@release staged|exists`. `locked` is the hashed
+    requirements list of a poetry.lock / Pipfile.lock (venv.locked_requirements).
     """
     rdir = f"{dir}/releases/{release}"
     manifest = dict(manifest, release=release, commit=commit)
     parts = {**venv.context(service, dir, rdir),
              **_build_context(service, dir, rdir, reuse=build == "reuse")}
     bind_address, _, port = render.bind_for(service, host).rpartition(":")
+    files = render.release_files(service, host, dir, release, commit)
+    if locked is not None:
+        files.append(render.File(venv.LOCKED, locked, 0o644))
     return render.render_script(
         "stage.sh.j2", commit=commit, static=static, **parts, port=int(port),
         bind_address=bind_address,
         port_address="127.0.0.1" if bind_address in ("0.0.0.0", "*", "") else bind_address,
-        release_files=[render.File(f"{rdir}/{f.path}", f.content, f.mode)
-                       for f in render.release_files(service, host, dir, release, commit)],
+        release_files=[render.File(f"{rdir}/{f.path}", f.content, f.mode) for f in files],
         manifest=render.File(f"{rdir}/.deploy/manifest.json",
                              json.dumps(manifest, indent=2, sort_keys=True) + "\n", 0o644),
         service_files=_service_files(service, host, dir, supervisord_next=True),
@@ -198,6 +201,12 @@ def migrations_plan_script(service, dir: str, *, release: str | None = None,
     return render.render_script("migrations_plan.sh.j2", program=django_probe(),
                                 rdir=f"{dir}/releases/{release}" if release else "",
                                 dir=dir, service=service, commit=commit or "")
+
+
+def migrate_command_script(service, dir: str, release: str) -> str:
+    """Run `migrate_command` in the release (non-Django). Prints `@@migrated ran`."""
+    return render.render_script("migrate_command.sh.j2", rdir=f"{dir}/releases/{release}",
+                                command=service.migrate_command)
 
 
 def read_migrations_script(dir: str, releases_: list[str]) -> str:

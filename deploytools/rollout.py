@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import gate, lb
+from . import alembic_ops, gate, lb
 from . import lock as lock_mod
-from . import migrations, releases, signals
-from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError,
+from . import migrations, releases, signals, venv
+from .errors import (ConfigError, ConnectionFailed, DeployError, HealthGateFailed, LockedError,
                      PostDeployFailed, PublishFailed, RestoreFailed, StagingFailed, UsageError,
                      errors_text, fleet_failure)
 from .config import PRODUCTION
@@ -63,6 +63,8 @@ class Rollout:
         self.migrations_note: str | None = None
         self.refusal: str | None = None
         self.warnings: list[str] = []
+        self.locked: str | None = None  # a poetry.lock / Pipfile.lock as hashed requirements
+        self.changes: dict[str, list[str] | None] = {}  # live commit -> files changed since
         self.started = time.monotonic()
         self.stage = self.config.stage
         self.record: dict = {"service": service.name, "action": action, "hosts": hosts,
@@ -175,6 +177,9 @@ class Rollout:
         self._check_required_stage(repo)
         if self.publishes:
             repo.check_fast_forward(commit, force=self.force)
+        # A poetry.lock / Pipfile.lock becomes a hashed requirements list here, so a lock
+        # that cannot be installed is refused before any host is touched.
+        self.locked = venv.locked_requirements(svc, commit, lambda p: repo.file_at(commit, p))
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
                          f"{self.release} to {', '.join(self.hosts)}",
                  commit=commit, release=self.release, hosts=self.hosts)
@@ -238,6 +243,7 @@ class Rollout:
         self._inspect()
         self._refuse_rejected()
         self.planned = self._plan(repo)
+        self._check_migrations(repo)  # Alembic's, read from the repository: nothing touched yet
         waves = self.planned.waves
         try:
             self._hook("before_stage", self.hosts, fatal=True, release=None, waves=len(waves))
@@ -351,6 +357,7 @@ class Rollout:
                 changes[c] = repo.changed_files(c, self.commit)
             except Exception:  # the live commit is not in the repo (force-pushed away)
                 changes[c] = None
+        self.changes = changes
         p = plan_mod.Plan(self.service.name, self.commit, live,
                           waves=compute_waves(self.hosts, list(self.service.rollout)))
         if self.smart:
@@ -462,10 +469,48 @@ class Rollout:
         self.say("post_deploy_done", f"  {first.name}: post-deploy migrations applied "
                                      f"({time.monotonic() - t0:.1f}s)", host=first.name)
 
+    def _check_migrations(self, repo) -> None:
+        """Alembic migrations this deploy brings (files changed under `migrations_path`
+        since a live commit), classified from their upgrade() source before anything is
+        staged: a contract operation is refused unless force=true, an unknown one warns.
+        Nothing live yet: no old code to break."""
+        svc = self.service
+        if not (svc.migrate_command and svc.migrations_path and self.planned.runs("migrate")):
+            return
+        files = sorted({f for changed in self.changes.values() if changed
+                        for f in alembic_ops.changed_migrations(changed, svc.migrations_path)})
+        findings = []
+        for path in files:
+            source = repo.file_at(self.commit, path)
+            if source is not None:  # (a deleted file runs nothing)
+                findings += alembic_ops.classify(path, source)
+        self.record["migration_ops"] = [dict(f.__dict__) for f in findings]
+        contract = [f for f in findings if f.verdict == "contract"]
+        unknown = [f for f in findings if f.verdict == "unknown"]
+        if unknown:
+            self.say("warning", "warning: cannot tell whether these migration operations are "
+                     "safe while the old code still serves: " + "; ".join(map(str, unknown)),
+                     operations=[str(f) for f in unknown])
+        if contract and self.force:
+            self.record["forced_contract"] = [str(f) for f in contract]
+            self.say("warning", "warning: force=true: migrating with operations that break the "
+                     "old code still serving until the last wave: " + "; ".join(map(str, contract)),
+                     operations=[str(f) for f in contract])
+        elif contract:
+            self.record["failed_step"] = "check_migrations"
+            raise ConfigError(
+                f"{svc.name} {self.commit[:7]}: migrations that break the old code, which "
+                f"serves on the other hosts until the last wave: "
+                f"{'; '.join(map(str, contract))}. Split the change into a release that stops "
+                f"using the column or table and a later one that drops it, or deploy with "
+                f"force=true if no old code reads it. Nothing was touched.")
+
     def _migrate(self) -> None:
         """Once per deploy, on one host, before any host is activated (post-deploy
         migrations wait: `_post_deploy`)."""
         svc = self.service
+        if svc.kind != "django" and svc.migrate_command:
+            return self._migrate_command()
         if svc.kind != "django" or not svc.migrate:
             return
         first = self.fleet[self.hosts[0]]
@@ -495,6 +540,24 @@ class Rollout:
         self.record["migrations"] = state
         self._record_migrations(state, ran_post=False)
 
+    def _migrate_command(self) -> None:
+        svc = self.service
+        if not self.planned.runs("migrate"):
+            return
+        first = self.fleet[self.hosts[0]]
+        t0 = time.monotonic()
+        try:
+            first.run(releases.migrate_command_script(svc, self.dir(first), self.release),
+                      what="migrating the database (migrate_command)")
+        except DeployError as e:
+            self.record["outcome"] = "failed"
+            self.record["failed_step"] = "migrate"
+            raise StagingFailed(f"migrate_command of {self.release} failed on {first.name}; "
+                                f"no host was switched:\n{e}") from None
+        self.runs[first.name].steps.append("migrate")
+        self.say("migrate", f"  {first.name}: migrate_command ran "
+                            f"({time.monotonic() - t0:.1f}s)", host=first.name, applied=True)
+
     def _refuse_rejected(self) -> None:
         if self.force:
             return
@@ -516,7 +579,7 @@ class Rollout:
             r = t.run(releases.stage_script(
                 svc, t.host, self.dir(t), self.release, self.commit, manifest,
                 static="run" if self.planned.runs("collectstatic") else "reuse",
-                build="run" if self.planned.runs("build") else "reuse"),
+                build="run" if self.planned.runs("build") else "reuse", locked=self.locked),
                       what=f"staging {self.release}")
             f = facts(r.stdout)
             run = self.runs[t.name]
@@ -525,9 +588,9 @@ class Rollout:
                 self.staged_new.add(t.name)
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
-            if "warning" in f:
-                self.say("warning", f"  {t.name}: warning: {f['warning']}", host=t.name,
-                         warning=f["warning"])
+            for warning in fact_list(r.stdout, "warning"):
+                self.say("warning", f"  {t.name}: warning: {warning}", host=t.name,
+                         warning=warning)
             if "build" in f:
                 run.steps.append("build" if f["build"] == "ran" else "build_reused")
             if "collectstatic" in f:

@@ -45,7 +45,8 @@ def host(c, names):
 
 @task(help={"service": "service name from services.yaml",
             "ref": "branch, tag or commit to deploy (default: the service's branch)",
-            "force": "deploy a release an earlier gate rejected; move production non-fast-forward"})
+            "force": "deploy a release an earlier gate rejected; move production non-fast-forward; "
+                     "run an Alembic migration that drops what the old code reads"})
 def deploy(c, service, ref=None, force=False):
     """Deploy a new release, wave by wave with health checks.
 
@@ -112,7 +113,8 @@ def unlock(c, service, force=False):
 
 @task(help={"service": "service name",
             "ref": "branch, tag or commit to deploy (default: the service's branch)",
-            "force": "deploy a release an earlier gate rejected; move production non-fast-forward"})
+            "force": "deploy a release an earlier gate rejected; move production non-fast-forward; "
+                     "run an Alembic migration that drops what the old code reads"})
 def smart_deploy(c, service, ref=None, force=False):
     """Deploy doing only what the change needs (venv, migrate, static).
 

@@ -19,6 +19,10 @@ even after `push()` moves master.
   dory (WSGI)       master v1..v3 (== v3); branches broken-import, errors-20
   harbor (Java 17)  master v1..v3 (== v3); branches errors-20, broken-build, fails-to-start
   ketch (Flask app factory, pyproject.toml, no requirements file)  master v1..v3 (== v3)
+  flaskr (Flask's tutorial app, verbatim from Flask 3.1.3's sdist; BSD, LICENSE.txt)  master v1
+  tern (Flask app factory on PostgreSQL, Alembic migrations)  master v1..v4 (== v4); branch drop-tags
+      v4: migration 0002 adds post.tags (nullable: expand), /posts reads it
+      drop-tags (on v4): migration 0003 drops post.tags (contract), /posts stops reading it
 
   v2               code only (`/` also reports the Python version)
   v3               new requirement `six`, imported by the app (dory: a second code change;
@@ -346,7 +350,83 @@ KETCH = Sample("ketch", master=[
     }),
 ], branches=[])
 
-SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY, HARBOR, KETCH)}
+# Flask's own tutorial app, exactly as Flask 3.1.3's sdist ships it (examples/tutorial,
+# with its LICENSE.txt): the bar of issue 16 is that a project nobody here wrote deploys
+# unmodified. One commit; nothing of ours (no VERSION) is added to it.
+FLASKR = Sample("flaskr", master=[
+    Step("v1", "flaskr: the Flask tutorial app, verbatim from the Flask 3.1.3 sdist"),
+], branches=[])
+
+TERN_0002 = '''"""posts get tags (a nullable column: the old code keeps working)
+
+Revision ID: 0002
+Revises: 0001
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("post", sa.Column("tags", sa.Text(), nullable=True))
+
+
+def downgrade():
+    op.drop_column("post", "tags")
+'''
+TERN_0003 = '''"""drop the tags column again
+
+Revision ID: 0003
+Revises: 0002
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.drop_column("post", "tags")
+
+
+def downgrade():
+    op.add_column("post", sa.Column("tags", sa.Text(), nullable=True))
+'''
+TERN_POSTS = ('''            rows = db.execute(sa.text("SELECT id, title FROM post ORDER BY id")).all()
+        return jsonify(posts=[{"id": r.id, "title": r.title} for r in rows])''',
+              '''            rows = db.execute(sa.text("SELECT id, title, tags FROM post ORDER BY id")).all()
+        return jsonify(posts=[{"id": r.id, "title": r.title, "tags": r.tags} for r in rows])''')
+
+# A Flask app factory on PostgreSQL whose schema Alembic migrates (migrate_command:
+# alembic upgrade head, migrations_path: migrations/versions).
+TERN = Sample("tern", base="v4", master=[
+    Step("v1", "tern: Flask app factory on PostgreSQL, schema by Alembic (migration 0001)"),
+    Step("v2", "tern: report the Python version on /", {"tern/__init__.py": Sub((
+        "pid=os.getpid())", "pid=os.getpid(),\n                       python=platform.python_version())"),
+        ("import socket\n", "import platform\nimport socket\n"))}),
+    Step("v3", "tern: depend on six", {
+        "requirements.txt": Sub(("Flask>=2.3\n", "Flask>=2.3\nsix>=1.16\n")),
+        "tern/__init__.py": Sub(("import sqlalchemy as sa\n", "import sqlalchemy as sa\n" + SIX)),
+    }),
+    Step("v4", "tern: posts get tags (migration 0002 adds a nullable column)", {
+        "migrations/versions/0002_post_tags.py": TERN_0002,
+        "tern/__init__.py": Sub(TERN_POSTS),
+    }),
+], branches=[
+    Step("drop-tags", "tern: drop the tags column (migration 0003) while v4 still reads it", {
+        "migrations/versions/0003_drop_tags.py": TERN_0003,
+        "tern/__init__.py": Sub((TERN_POSTS[1], TERN_POSTS[0])),
+    }),
+])
+
+SAMPLES = {s.name: s for s in (AIRSHIP, SKIFF, DORY, HARBOR, KETCH, FLASKR, TERN)}
 
 
 # --- the repositories ---------------------------------------------------------

@@ -78,6 +78,9 @@ TEST_REQUIREMENTS = [
     "six",
     "supervisor>=4.2",
     "uv>=0.4",  # installer: uv (tests/system/test_modern.py)
+    "SQLAlchemy>=2.0",  # the tern sample (examples/tern): Alembic migrations
+    "alembic>=1.12",
+    "flit_core>=3.2,<4",  # flaskr's build backend (examples/flaskr, built from source on the hosts)
     "setuptools",
     "wheel",
 ]

@@ -52,7 +52,7 @@ haproxy_name.expect = "an HAProxy name"  # type: ignore[attr-defined]
 RELOAD_DEFAULT = {"command": "restart"}  # else HUP
 HEALTH_TIMEOUT_DEFAULT = {"command": 30.0}  # else Health.timeout's default
 INCONCLUSIVE_ACTIONS = ("rollback", "proceed")
-INSTALL_METHODS = ("auto", "requirements", "uv", "project", "none")
+INSTALL_METHODS = ("auto", "requirements", "uv", "poetry", "pipenv", "project", "none")
 
 
 class FrozenMap(Mapping):
@@ -391,21 +391,26 @@ class Service(Declared):
         "virtualenv. With `install: auto`, a requirements file other than the default "
         "that is missing from a release is an error.", nullable=True)
     installer: str = setting(
-        STR, "pip", one_of("pip", "uv"),
-        "What installs into the virtualenv: `pip`, or `uv` (installed once from your index, "
-        "through `pip_args`, into the service's `tools/` next to supervisor; `uv pip install` "
-        "with uv's wheel cache, which every service of the same user on a host shares). A "
-        "uv-built virtualenv has no pip in it. A change builds a new virtualenv.",
+        STR, "uv", one_of("pip", "uv"),
+        "What installs into the virtualenv: `uv` (installed once from your index, through "
+        "`pip_args`, into the service's `tools/` next to supervisor; `uv pip install` with "
+        "uv's wheel cache, which every service of the same user on a host shares; a "
+        "uv-built virtualenv has no pip in it), or `pip`. Where uv cannot be installed, "
+        "pip builds the virtualenv, with a warning. A change builds a new virtualenv.",
         defaultable=True)
     install: str = setting(
         STR, "auto", one_of(*INSTALL_METHODS),
         "How the virtualenv gets the project's dependencies. `auto` looks in the release, "
         "in this order: the `requirements` file; `uv.lock` (`uv sync --frozen`, with the "
-        "`tools/` uv of `installer: uv`, else a `uv` on the host's PATH; `poetry.lock` and `Pipfile.lock` are refused, not yet supported); "
+        "`tools/` uv, else a `uv` on the host's PATH); `poetry.lock`, then `Pipfile.lock` "
+        "(their runtime packages, read on the controller into a pinned list installed with "
+        "`--require-hashes`, then the project itself without dependencies if it has a "
+        "pyproject.toml or setup.py; neither Poetry nor Pipenv is needed on the hosts); "
         "`pyproject.toml`, `setup.py` or `setup.cfg` (`pip install` of the project itself, "
-        "non-editable); else nothing, with a warning. `requirements`, `uv`, `project` or "
-        "`none` choose one, and a missing file is an error at staging. The virtualenv is "
-        "rebuilt exactly when the chosen method's files change.", defaultable=True)
+        "non-editable); else nothing, with a warning. `requirements`, `uv`, `poetry`, "
+        "`pipenv`, `project` or `none` choose one, and a missing file is an error. The "
+        "virtualenv is rebuilt exactly when the chosen method's inputs change.",
+        defaultable=True)
     env: Mapping[str, str] = setting(
         MapOf("mapping NAME: string", env_name, _item(STR, env_value)), None, None,
         "Environment variables. Scalars are taken as written (`010` stays `010`, `yes` "
@@ -451,6 +456,22 @@ class Service(Declared):
         Section("mapping (see migrations)", MIGRATIONS), None, None,
         "How pending migrations are judged, see below; merged key by key with "
         "`defaults.migrations`.", defaultable=True, doc_default="see below")
+    migrate_command: str | None = setting(
+        STR, None, shell_line,
+        "Command that migrates the database for a non-Django service, e.g. `flask db "
+        "upgrade` or `alembic upgrade head`: run once per deploy on the first host, in the "
+        "new release with its environment and virtualenv, before the canary (the old code "
+        "still serves meanwhile, so a migration must be compatible with it). A failure "
+        "stops the deploy with no host switched. Not for django (it has `migrate`).",
+        doc_default="unset")
+    migrations_path: str | None = setting(
+        PATH, None, relative_path,
+        "Directory of the migrations in the repository, e.g. `migrations/versions`: a smart "
+        "deploy runs `migrate_command` only when a file under it changed, and a plain one "
+        "classifies the changed Alembic migrations' upgrade() operations (a column or table "
+        "dropped or renamed, a column made NOT NULL without a server default: refused "
+        "unless force=true; raw SQL: a warning). Unset: the command always runs, unchecked.",
+        doc_default="unset")
     collectstatic: bool = setting(
         BOOL, DJANGO_ONLY, None,
         "Run `manage.py collectstatic` while staging each release (django only).",

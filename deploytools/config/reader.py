@@ -396,6 +396,11 @@ def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, An
             and v["lb"] is None:
         r.fail(f"{where}.gate.source", "haproxy needs an lb: block (which HAProxy, which "
                                        "backend) for this service.", lines.get("gate", line))
+    if kind == "django":
+        forbid("migrate_command", "for kind django: `migrate` runs manage.py migrate")
+    if v["migrations_path"] is not None and v["migrate_command"] is None:
+        r.fail(f"{where}.migrations_path", "needs `migrate_command`: it says when that "
+                                           "command runs.", lines["migrations_path"])
     for key in ("migrate", "collectstatic"):
         if v[key] is DJANGO_ONLY:
             v[key] = kind == "django"

@@ -35,7 +35,8 @@ def env(deployenv, tmp_path_factory):
     data["services"] = {SVC: {
         "kind": "flask", "repo": str(deployenv.samples[SVC].origin), "hosts": HOSTS,
         "app": "ketch:create_app()", "port": PORT, "graceful_timeout": 5,
-        "health": {"path": "/hello"}, "env": {"KETCH_DATABASE": DATABASE}}}
+        "health": {"path": "/hello"}, "env": {"KETCH_DATABASE": DATABASE},
+        "installer": "pip"}}  # the fallback installer; uv (the default) is ketch-uv below
     # The same project with installer: uv, on two other hosts (both start cold).
     data["services"][UV_SVC] = dict(data["services"][SVC], hosts=UV_HOSTS, port=UV_PORT,
                                     installer="uv", production_branch="production-uv",

@@ -8,7 +8,7 @@ from deploytools.plan import decide, matches_build_inputs, migration_delta, pars
 
 def django(**kw):
     base = dict(kind="django", requirements="requirements.txt", install="auto", collectstatic=True,
-                migrate=True, build=None)
+                migrate=True, build=None, migrate_command=None, migrations_path=None)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -94,7 +94,8 @@ def command(**kw):
     base = dict(kind="command", requirements=None, install="auto", collectstatic=False,
                 migrate=False,
                 build="sh build.sh", build_inputs=("src/", "build.sh"),
-                build_outputs=("build/",), reload_signal="restart")
+                build_outputs=("build/",), reload_signal="restart", migrate_command=None,
+                migrations_path=None)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -195,3 +196,28 @@ def test_venv_step_follows_the_install_method(install, requirements, changed, ve
     step = next(s for s in steps if s.name == "venv")
     assert step.run is venv, step.reason
     assert (steps[-1].name == "restart") is venv
+
+
+def flask(**kw):
+    base = dict(kind="flask", requirements=None, install="auto", collectstatic=False,
+                migrate=False, build=None, migrate_command="flask db upgrade",
+                migrations_path="migrations/versions")
+    return SimpleNamespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("svc,files,runs,reason", [
+    (flask(), ["app/views.py"], False, "migrations/versions unchanged"),
+    (flask(), ["migrations/versions/0002_add_tags.py"], True,
+     "migrations/versions changed since aaaaaaa: migrations/versions/0002_add_tags.py"),
+    (flask(migrations_path="migrations/versions/"), ["migrations/versions_old/x.py"], False,
+     "migrations/versions unchanged"),
+    (flask(migrations_path=None), ["app/views.py"], True,
+     "no migrations_path: migrate_command runs on every deploy"),
+    (flask(migrate_command=None, migrations_path=None), ["migrations/versions/1.py"], None, None),
+])
+def test_decide_migrate_command(svc, files, runs, reason):
+    steps = {s.name: s for s in decide(svc, "t" * 40, {"a" * 40: files})}
+    if runs is None:
+        assert "migrate" not in steps
+    else:
+        assert (steps["migrate"].run, steps["migrate"].reason) == (runs, reason)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -23,7 +24,8 @@ import pytest
 import build_repos
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-ALLOWED_REQUIREMENTS = {"Django", "gunicorn", "psycopg[binary]", "Flask", "six"}
+ALLOWED_REQUIREMENTS = {"Django", "gunicorn", "psycopg[binary]", "Flask", "flask", "six",
+                        "SQLAlchemy", "alembic"}
 LABELS = {
     "airship": {"v1", "v2", "v3", "v4", "v5", "broken-import", "errors-20", "fails-on-others",
                 "expand-column", "drop-column", "drop-column-post"},
@@ -31,9 +33,17 @@ LABELS = {
     "dory": {"v1", "v2", "v3", "broken-import", "errors-20"},
     "harbor": {"v1", "v2", "v3", "errors-20", "broken-build", "fails-to-start"},
     "ketch": {"v1", "v2", "v3"},
+    "flaskr": {"v1"},
+    "tern": {"v1", "v2", "v3", "v4", "drop-tags"},
 }
-TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3", "ketch": "v3"}
-BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fails-to-start"}
+TIP = {"airship": "v5", "skiff": "v3", "dory": "v3", "harbor": "v3", "ketch": "v3", "flaskr": "v1",
+       "tern": "v4"}
+VERBATIM = {"flaskr"}  # someone else's project, as published: no VERSION of ours in it
+# sha256sum of `find . -type f | sort | xargs sha256sum` in Flask 3.1.3's examples/tutorial
+# (flask-3.1.3.tar.gz, sha256 0ef0e52b8a9cd932855379197dd8f94047b359ca0a78695144304cb45f87c9eb)
+FLASKR_TREE = "3052b5f2a1c98ee7b373f274eb4b5910ef7d6f976a86e5c9aa4aead1422269c9"
+BRANCHES = {"broken-import", "errors-20", "fails-on-others", "broken-build", "fails-to-start",
+            "drop-tags"}
 # Issue 12's releases: a chain of branches on top of master's tip (not on v2).
 MIGRATION_BRANCHES = {"expand-column": "v5", "drop-column": "expand-column",
                       "drop-column-post": "expand-column"}
@@ -97,15 +107,18 @@ def test_master_is_linear_and_versions_count_up(repos):
         for n, label in enumerate(masters, start=1):
             parent = git(repo.work, "rev-parse", f"{repo.commits[label]}^") if n > 1 else None
             assert parent == (repo.commits[f"v{n - 1}"] if n > 1 else None)
+            if name in VERBATIM:
+                continue
             assert f'VERSION = "{n}"' in show(repo, label, version_file(name))
         assert git(repo.work, "rev-list", "--count", repo.commits[masters[-1]]) == str(len(masters))
 
 
 def test_branches_are_one_change_on_top_of_v2(repos):
     for name, repo in repos.items():
+        base = build_repos.SAMPLES[name].base  # v2, or v4 for tern
         for label in BRANCHES & set(repo.commits):
-            assert git(repo.work, "rev-parse", f"{repo.commits[label]}^") == repo.commits["v2"]
-            assert 'VERSION = "2"' in show(repo, label, version_file(name))
+            assert git(repo.work, "rev-parse", f"{repo.commits[label]}^") == repo.commits[base]
+            assert f'VERSION = "{base[1:]}"' in show(repo, label, version_file(name))
     airship = repos["airship"]
     assert changed(airship, "v2", "broken-import") == {"airship/urls.py": "M"}
     assert changed(airship, "v2", "errors-20") == {"airship/views.py": "M"}
@@ -149,7 +162,7 @@ def test_only_prebuilt_requirements_in_any_commit(repos):
     for repo in repos.values():
         for sha in git(repo.origin, "rev-list", "--all").split():
             files = git(repo.origin, "ls-tree", "--name-only", sha).splitlines()
-            if repo.name == "ketch":  # its dependencies are in pyproject.toml
+            if repo.name in ("ketch", "flaskr"):  # their dependencies are in pyproject.toml
                 assert "requirements.txt" not in files
                 text = git(repo.origin, "show", f"{sha}:pyproject.toml")
                 deps = re.search(r"^dependencies = \[\n(.*?)^\]", text, re.S | re.M).group(1)
@@ -188,6 +201,31 @@ def test_ketch_is_an_app_factory_with_an_init_db_command(repos, tmp_path):
         assert json.loads(flask_get(app, "/posts")[2]) == {"posts": 0}
     with imported(repo.export("v3", tmp_path / "v3"), "ketch") as mod:
         assert json.loads(flask_get(mod.create_app(), "/")[2])["version"] == "3"
+
+
+def test_tern_history(repos):
+    tern = repos["tern"]
+    assert changed(tern, "v2", "v3") == {"tern/version.py": "M", "tern/__init__.py": "M",
+                                         "requirements.txt": "M"}
+    assert changed(tern, "v3", "v4") == {"tern/version.py": "M", "tern/__init__.py": "M",
+                                         "migrations/versions/0002_post_tags.py": "A"}
+    assert changed(tern, "v4", "drop-tags") == {"tern/__init__.py": "M",
+                                                "migrations/versions/0003_drop_tags.py": "A"}
+    assert git(tern.work, "rev-parse", f"{tern.commits['drop-tags']}^") == tern.commits["v4"]
+    assert "tags" not in show(tern, "drop-tags", "tern/__init__.py")
+
+
+def test_flaskr_is_flasks_tutorial_unmodified(repos, tmp_path):
+    """Byte for byte the tree of Flask 3.1.3's examples/tutorial, its licence included."""
+    def tree_hash(root: Path) -> str:
+        lines = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.relative_to(root)}\n"
+                        for p in sorted(root.rglob("*"), key=lambda p: str(p.relative_to(root)))
+                        if p.is_file())
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    assert tree_hash(EXAMPLES / "flaskr") == FLASKR_TREE
+    assert tree_hash(repos["flaskr"].export("v1", tmp_path / "v1")) == FLASKR_TREE
+    assert "Copyright 2010 Pallets" in (EXAMPLES / "flaskr" / "LICENSE.txt").read_text()
 
 
 def test_builds_are_reproducible(repos, tmp_path):

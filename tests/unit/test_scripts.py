@@ -44,7 +44,8 @@ def services_yaml(v: str) -> str:
             "skiff": {"kind": "flask", "repo": "/r/skiff.git", "hosts": ["web-0"],
                       "app": FACTORY if v == PAYLOAD else "skiff.app:app", "port": 8001,
                       "reload_signal": "restart", "installer": "uv",
-                      "requirements": f"req/{v}.txt"},
+                      "requirements": f"req/{v}.txt", "migrate_command": "alembic upgrade head",
+                      "migrations_path": f"migrations/{v}"},
             "harbor": {"kind": "command", "repo": "git@git.example.com:ops/harbor.git",
                        "hosts": ["web-0"], "port": 8300, "command": "java -jar build/harbor.jar",
                        "build": f"mkdir -p build && echo {shlex.quote(v)} > build/out",
@@ -115,6 +116,10 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["manage:str"] = releases.manage_script(air, d, "R", "showmigrations --list")
     out["migrate"] = releases.migrate_script(air, d, v)
     out["read_migrations"] = releases.read_migrations_script(d, [v, "R 2"])
+    out["migrate_command"] = releases.migrate_command_script(cfg.service("skiff"), d, v)
+    out["stage:locked"] = releases.stage_script(
+        cfg.service("skiff"), host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33,
+        {"ref": v}, locked=f"# {v}\nflask==3.1.3 --hash=sha256:{'a' * 64}\n")
     out["lock_acquire"] = lock.acquire_script(d + "/.lock", json.dumps(dict(record, user=v)))
     out["lock_heartbeat"] = lock.heartbeat_script(d + "/.lock", record["id"])
     out["lock_remove:ours"] = lock.remove_lock_script(d + "/.lock", record["id"])

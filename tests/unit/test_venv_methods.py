@@ -13,6 +13,7 @@ import pytest
 
 from deploytools import render, venv
 from deploytools.config import parse
+from deploytools.errors import ConfigError
 from deploytools.inventory import stdin_program
 from deploytools.script import facts
 
@@ -95,9 +96,9 @@ def test_auto_detects_in_order(host, files, method):
     uv.write_text(f"#!/bin/bash\nprintf '%s\\n' \"$PWD\" \"$UV_PROJECT_ENVIRONMENT\" \"$@\" "
                   f"> {render.shquote(str(tmp / 'uv.log'))}\n")
     uv.chmod(0o755)
-    r, f = stage(host)
+    r, f = stage(host, installer="pip")
     assert r.returncode == 0, r.stderr
-    assert f["venv_method"] == method
+    assert f["venv_method"] == method and f["venv_installer"] == "pip"
     assert f["venv"].startswith("built ")
     calls = pip_calls(log)
     pip_opts = ["install", "-q", "--disable-pip-version-check", "--no-index", "--find-links", "/w"]
@@ -119,8 +120,9 @@ def test_auto_detects_in_order(host, files, method):
 
 
 @pytest.mark.parametrize("files,changes,fragment", [
-    ({"poetry.lock": "", "pyproject.toml": PYPROJECT}, {}, "poetry.lock is not supported yet"),
-    ({"Pipfile.lock": "{}", "Pipfile": ""}, {}, "Pipfile.lock is not supported yet"),
+    # (the controller writes the converted lock into the release; without it, refused)
+    ({"poetry.lock": "", "pyproject.toml": PYPROJECT}, {}, "no converted lock file"),
+    ({"Pipfile.lock": "{}", "Pipfile": ""}, {"install": "pipenv"}, "no converted lock file"),
     ({"requirements.txt": ""}, {"requirements": "req/prod.txt"},
      "the requirements file req/prod.txt is not in the release"),
     ({"pyproject.toml": PYPROJECT}, {"install": "requirements"},
@@ -200,13 +202,98 @@ printf '%s\\n' "$@" -- >> {render.shquote(str(tmp / 'uv.log'))}
 if [ "$1" = venv ]; then mkdir -p "${{@: -1}}/bin"; fi
 """)
     uv.chmod(0o755)
-    pip_key = stage(host)[1]["key"]
-    r, f = stage(host, installer="uv")
+    pip_key = stage(host, installer="pip")[1]["key"]
+    r, f = stage(host)  # uv is the default
     assert r.returncode == 0, r.stderr
     assert f["venv"].startswith("built ") and f["key"] != pip_key  # the installer is in the key
+    assert f["venv_installer"] == "uv"
     v = f"{d}/venvs/{f['key']}"
     calls = pip_calls(tmp / "uv.log")
     assert calls == [["venv", "-q", "--python", str(host[4]), v],
                      ["pip", "install", "-q", "--python", f"{v}/bin/python", "--no-index",
                       "--find-links", "/w", str(rel), "gunicorn>=21"]]
     assert stage(host, installer="uv")[1]["venv"] == f"reused {f['key']}"
+
+
+def test_installer_uv_without_a_tools_uv_falls_back_to_pip_under_pips_key(host):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"pyproject.toml": PYPROJECT})
+    pip_key = stage(host, installer="pip")[1]["key"]
+    r, f = stage(host, installer="uv")  # tools.sh.j2 could not install uv: no tools/bin/uv
+    assert r.returncode == 0, r.stderr
+    assert (f["venv"], f["venv_installer"]) == (f"reused {pip_key}", "pip")
+    assert len(pip_calls(log)) == 1  # built once, by pip
+
+
+def test_tools_warn_and_go_on_when_uv_cannot_be_installed(tmp_path):
+    """An index without uv (or no uv wheel for the platform): supervisor is installed, uv
+    is not, and staging goes on with a warning (the venv then falls back to pip)."""
+    d = tmp_path / "srv" / "flaskr"
+    d.mkdir(parents=True)
+    fake = tmp_path / "python3"
+    fake.write_text("""#!/bin/bash
+mkdir -p "$3/bin"
+cat > "$3/bin/pip" <<'PIP'
+#!/bin/bash
+for a in "$@"; do case "$a" in uv*) echo "ERROR: No matching distribution found for $a"; exit 1;; esac; done
+PIP
+chmod +x "$3/bin/pip"
+""")
+    fake.chmod(0o755)
+    cfg = parse(YAML, "services.yaml", str(tmp_path))
+    s = dataclasses.replace(cfg.service("flaskr"), python=str(fake))
+    assert s.installer == "uv"
+    r = subprocess.run(["bash", "-s"], input=stdin_program(venv.tools_script(s, str(d))),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    f = facts(r.stdout)
+    assert f["tools"] == "built" and "tools_uv" not in f
+    assert f["warning"].startswith(f"could not install uv into {d}/tools (ERROR: No matching "
+                                   "distribution found for uv>=0.4); installing with pip instead")
+    assert (d / "tools" / ".complete").is_file() and not (d / "tools" / "bin" / "uv").exists()
+
+
+LOCKED = "flask==3.1.3 --hash=sha256:" + "a" * 64 + "\n"
+
+
+@pytest.mark.parametrize("files,project", [
+    ({"poetry.lock": "x", "pyproject.toml": PYPROJECT + '[build-system]\nrequires = ["poetry-core"]\n'}, True),
+    ({"Pipfile.lock": "{}", "Pipfile": "", "pyproject.toml": "[tool.black]\nline-length = 99\n"}, False),
+])
+def test_a_converted_lock_installs_with_hashes_then_the_project(host, files, project):
+    _, d, rel, log, *_ = host
+    write(rel, {**files, venv.LOCKED: LOCKED, "flaskr/__init__.py": "v = 1\n"})
+    r, f = stage(host, installer="pip")
+    assert r.returncode == 0, r.stderr
+    assert f["venv_method"] == "locked" and f["venv"].startswith("built ")
+    opts = ["install", "-q", "--disable-pip-version-check", "--no-index", "--find-links", "/w"]
+    assert pip_calls(log) == [opts + ["--require-hashes", "-r", f"{rel}/{venv.LOCKED}"],
+                              *([opts + ["--no-deps", str(rel)]] if project else []),
+                              opts + ["gunicorn>=21"]]
+    key = f["key"]
+    (rel / "flaskr" / "__init__.py").write_text("v = 2\n")  # code only: the same venv
+    (rel / "poetry.lock").write_text("dev-only change")  # (its runtime list is unchanged)
+    assert stage(host, installer="pip")[1]["venv"] == f"reused {key}"
+    (rel / venv.LOCKED).write_text(LOCKED + "six==1.17.0 --hash=sha256:" + "b" * 64 + "\n")
+    assert stage(host, installer="pip")[1]["venv"].startswith("built ")
+
+
+def test_the_controller_converts_the_lock_the_host_will_pick():
+    cfg = parse(YAML, "services.yaml", "/")
+    s = cfg.service("flaskr")
+    lock = ('[[package]]\nname = "flask"\nversion = "3.1.3"\ngroups = ["main"]\n'
+            'files = [{file = "f.whl", hash = "sha256:' + "a" * 64 + '"}]\n')
+    tree = {"poetry.lock": lock, "pyproject.toml": PYPROJECT}
+    got = venv.locked_requirements(s, "c" * 40, tree.get)
+    assert got.splitlines()[1:] == [LOCKED.strip()]
+    # Earlier in the order: a requirements file or uv.lock wins, and nothing is converted.
+    assert venv.locked_requirements(s, "c" * 40, {**tree, "requirements.txt": ""}.get) is None
+    assert venv.locked_requirements(s, "c" * 40, {**tree, "uv.lock": ""}.get) is None
+    assert venv.locked_requirements(dataclasses.replace(s, install="project"), "c" * 40,
+                                    tree.get) is None
+    with pytest.raises(ConfigError, match=r"services\.flaskr \(install: pipenv\) at ccccccc: "
+                                          r"the commit has no Pipfile\.lock"):
+        venv.locked_requirements(dataclasses.replace(s, install="pipenv"), "c" * 40, tree.get)
+    bad = {**tree, "poetry.lock": lock.replace('groups', 'source = {type = "git"}\ngroups')}
+    with pytest.raises(ConfigError, match="flask comes from a git source"):
+        venv.locked_requirements(s, "c" * 40, bad.get)
