@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from . import gate, lb
 from . import lock as lock_mod
 from . import releases, signals
+from .config import secrets
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
                      RestoreFailed, StagingFailed, UsageError, errors_text, fleet_failure)
 from .hoststate import inspect_all
@@ -88,7 +89,8 @@ class Rollout:
         return self._plan(repo)
 
     def run(self) -> dict:
-        svc = self.service
+        # Secrets first: a missing one stops the deploy before any host is touched.
+        svc = self.service = secrets.resolve(self.service)
         repo = self._resolve()
         commit = self.commit
         self.publishes = set(self.hosts) == set(svc.hosts)
@@ -299,6 +301,11 @@ class Rollout:
             if "warning" in f:
                 self.say("warning", f"  {t.name}: warning: {f['warning']}", host=t.name,
                          warning=f["warning"])
+            replaced = fact_list(r.stdout, "shared_replaced")
+            if replaced:
+                why = (f"the repository's {', '.join(replaced)} replaced by link(s) into "
+                       f"{self.dir(t)}/shared/ (shared: in services.yaml)")
+                self.say("warning", f"  {t.name}: warning: {why}", host=t.name, warning=why)
             if "build" in f:
                 run.steps.append("build" if f["build"] == "ran" else "build_reused")
             if "collectstatic" in f:
