@@ -685,3 +685,18 @@ def test_reference_documents_both_kinds():
     for key in ("build_inputs", "build_outputs", "reload_signal", "command"):
         assert f"| `{key}` |" in text
     assert '`"HUP"`; `"restart"` for command' in text
+
+
+@pytest.mark.parametrize("kind_and_app,given,expected", [
+    ("kind: django\napp: airship.wsgi:application\n", "", ("media/",)),  # as before
+    ("kind: flask\napp: skiff.app:app\n", "", ()),
+    ("kind: django\napp: airship.wsgi:application\n", "shared: []\n", ()),
+    ("kind: django\napp: airship.wsgi:application\n", "shared: [uploads/, .env]\n",
+     ("uploads/", ".env")),  # replaces the default
+    ("kind: command\ncommand: ./run\n", "shared:\n  - instance/\n  - conf/local.cfg\n",
+     ("instance/", "conf/local.cfg")),
+])
+def test_shared_paths_default_by_kind(tmp_path, kind_and_app, given, expected):
+    text = svc(kind_and_app + "repo: git@example.com:airship.git\nrole: web\nport: 8000\n"
+               + given)
+    assert parse(text, str(tmp_path / "services.yaml")).service("airship").shared == expected
