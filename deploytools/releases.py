@@ -174,7 +174,7 @@ def shared_script(service, dir: str, release: str) -> str:
     """Make sure `release` has the service's shared paths linked, as staging links them
     (for a release staged before they were listed). Fails naming any missing shared file.
     Prints `@@shared_replaced PATH`."""
-    return render.render_script("media.sh.j2", dir=dir, release=release,
+    return render.render_script("link_shared.sh.j2", dir=dir, release=release,
                                 **shared_context(service))
 
 
