@@ -12,7 +12,9 @@ import time
 from . import lock as lock_mod
 from . import lb, releases, signals
 from . import migrations as migrations_mod
-from .errors import DeployError, LockedError, RestoreFailed, UsageError, errors_text
+from .config import secrets
+from .errors import (ConfigError, DeployError, LockedError, RestoreFailed, UsageError,
+                     errors_text)
 from .hooks import Hooks
 from .hoststate import commit_of, fleet_rollback_target, inspect_all
 from .inventory import each
@@ -63,6 +65,12 @@ def plan(session, name: str, ref: str | None = None) -> dict:
     for step in p.steps:
         report.event("plan_step", f"  {'RUN ' if step.run else 'skip'}  {step.name:<14} {step.reason}",
                      step=step.name, run=step.run, reason=step.reason)
+    _report_env(service, report, "plan_env")
+    try:  # what the deploy would read first (a dry run says it; the values go nowhere)
+        secrets.resolve(service)
+    except ConfigError as e:
+        report.event("warning", f"  warning: the deploy would stop before touching a host: "
+                                f"{e}", warning=str(e))
     _plan_migrations(rollout, report)
     g = service.gate
     for i, wave in enumerate(p.waves, 1):
@@ -98,6 +106,12 @@ def _plan_migrations(rollout, report) -> None:
                      error=rollout.refusal)
     for w in rollout.warnings:
         report.event("warning", f"  WARNING: {w}", warning=w)
+
+
+def _report_env(service, report, kind: str) -> None:
+    """The service's env as services.yaml gives it, every secret `<secret>`."""
+    report.event(kind, f"  env: {secrets.described(service.env)}",
+                 env=secrets.masked(service.env))
 
 
 def _django(service) -> None:
@@ -292,7 +306,8 @@ def exec_command(session, name: str, command: str, *, once: bool = False) -> dic
 
 
 def media(session, name: str) -> None:
-    """Collect static files into the live release and make sure shared/media exists."""
+    """Collect static files into the live release and make sure its shared paths
+    (media/ unless `shared:` says otherwise) exist and are linked."""
     service, hosts = _service_and_hosts(session, name)
     _django(service)
     with session.fleet(hosts) as fleet, \
@@ -305,8 +320,9 @@ def media(session, name: str) -> None:
                 raise UsageError("nothing deployed yet: deploy first", host=t.name)
             d = service.dir_on(t.host)
             t.run(releases.media_script(service, d, current), what="collecting static files")
-            session.reporter.event("media", f"  {t.name}: static collected into {current}, "
-                                            f"media in {d}/shared/media", host=t.name)
+            linked = ", ".join(service.shared) or "nothing shared"
+            session.reporter.event("media", f"  {t.name}: static collected into {current}; "
+                                            f"{linked} linked from {d}/shared/", host=t.name)
         _, errors = each(fleet, go, parallel=service.parallel)
     if errors:
         raise DeployError("media failed:\n" + errors_text(errors))
@@ -488,6 +504,7 @@ def status(session, name: str) -> list[dict]:
             rows[-1]["lb"] = lb_states.get(h, "?")
     session.reporter.table(rows, ["host", "release", "commit", "tag", "state", "pid", "uptime",
                                   "health"] + (["lb"] if lb_states is not None else []))
+    _report_env(service, session.reporter, "status_env")
     for row in rows:
         session.reporter.event("status", "", service=service.name, **row)
     return rows

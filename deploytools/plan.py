@@ -98,7 +98,8 @@ def decide(service, target: str, changes: dict[str, list[str] | None]) -> list[S
     restart = venv is not None and venv.run and bool(changes)
     steps.append(Step("restart" if restart else "reload", True,
                       "new virtualenv: the processes restart onto it" if restart
-                      else "same virtualenv: graceful reload, no request dropped"))
+                      else "same virtualenv: graceful reload, no request dropped (a "
+                           "changed env or secret restarts instead: each host compares)"))
     return steps
 
 

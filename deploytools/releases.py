@@ -7,7 +7,8 @@ per step), rendered from its template in templates/remote/, and says which
     <dir>/repo/                       mirror of the service's git repo
     <dir>/releases/<stamp>-<sha7>/    code at a commit + REVISION + .deploy/
     <dir>/current -> releases/...     swapped atomically
-    <dir>/shared/  venvs/  etc/  bin/  run/ (0700)  log/  tools/
+    <dir>/shared/                     `shared:` paths, linked into every release
+    <dir>/venvs/  etc/  bin/  run/ (0700)  log/  tools/
 """
 from __future__ import annotations
 
@@ -74,18 +75,25 @@ def _build_context(service, dir: str, rdir: str, *, reuse: bool) -> dict:
                 outputs=[o.rstrip("/") for o in service.build_outputs or ()])
 
 
+def shared_context(service) -> dict:
+    """`shared:` for the staging program: directories (without their `/`) and files."""
+    return dict(shared_dirs=[p.rstrip("/") for p in service.shared if p.endswith("/")],
+                shared_files=[p for p in service.shared if not p.endswith("/")])
+
+
 def stage_script(service, host, dir: str, release: str, commit: str, manifest: dict,
                  *, static: str = "run", build: str = "run", locked: str | None = None) -> str:
     """Prepare a release next to the live one; never touches `current`.
 
     On any failure the half-made release directory is removed. Prints
     `@@tools built`, `@@venv built|reused KEY`, `@@build ran|reused`,
-    `@@collectstatic ran|reused`, `@@release staged|exists`. `locked` is the hashed
-    requirements list of a poetry.lock / Pipfile.lock (venv.locked_requirements).
+    `@@collectstatic ran|reused`, `@@release staged|exists`, `@@shared_replaced PATH`
+    (once per shared path the repository had: the link replaced it). `locked` is the
+    hashed requirements list of a poetry.lock / Pipfile.lock (venv.locked_requirements).
     """
     rdir = f"{dir}/releases/{release}"
     manifest = dict(manifest, release=release, commit=commit)
-    parts = {**venv.context(service, dir, rdir),
+    parts = {**venv.context(service, dir, rdir), **shared_context(service),
              **_build_context(service, dir, rdir, reuse=build == "reuse")}
     bind_address, _, port = render.bind_for(service, host).rpartition(":")
     files = render.release_files(service, host, dir, release, commit)
@@ -170,9 +178,18 @@ def exec_script(dir: str, command: str) -> str:
     return render.render_script("exec.sh.j2", dir=dir, command=command)
 
 
+def shared_script(service, dir: str, release: str) -> str:
+    """Make sure `release` has the service's shared paths linked, as staging links them
+    (for a release staged before they were listed). Fails naming any missing shared file.
+    Prints `@@shared_replaced PATH`."""
+    return render.render_script("link_shared.sh.j2", dir=dir, release=release,
+                                **shared_context(service))
+
+
 def media_script(service, dir: str, release: str) -> str:
-    """Link shared/media into `release` and collect its static files (Django)."""
-    return render.render_script("media.sh.j2", dir=dir, release=release) + manage_script(
+    """Link the shared paths (media/ by default) into `release` and collect its static
+    files (Django)."""
+    return shared_script(service, dir, release) + manage_script(
         service, dir, release, ["collectstatic", "--noinput", "-v0"])
 
 

@@ -129,8 +129,11 @@ def service_env(service, host, dir: str, release: str, commit: str) -> dict[str,
     Nothing release-specific goes in here: a changed environment forces a
     restart (a running master keeps its environment), and code-only releases
     must reload gracefully. The release's commit is in its REVISION file.
+
+    A secret (config.secrets.Secret: anything with `reveal`) gives its value here,
+    for the env file, and nowhere else; the deploy resolved it before staging.
     """
-    env = dict(service.env)
+    env = {k: v.reveal() if hasattr(v, "reveal") else v for k, v in service.env.items()}
     env.setdefault("DEPLOYTOOLS_SERVICE", service.name)
     env.setdefault("PORT", str(service.port))
     env.setdefault("HOST", bind_for(service, host).rpartition(":")[0])  # `bind`'s address

@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 from . import alembic_ops, gate, lb
 from . import lock as lock_mod
 from . import migrations, releases, signals, venv
+from .config import PRODUCTION, secrets
 from .errors import (ConfigError, ConnectionFailed, DeployError, HealthGateFailed, LockedError,
                      PostDeployFailed, PublishFailed, RestoreFailed, StagingFailed, UsageError,
                      errors_text, fleet_failure)
-from .config import PRODUCTION
 from .hooks import HookFailed, Hooks
 from .hoststate import inspect_all
 from .inventory import Target, each
@@ -168,7 +168,8 @@ class Rollout:
             self.refusal = str(e)
 
     def run(self) -> dict:
-        svc = self.service
+        # Secrets first: a missing one stops the deploy before any host is touched.
+        svc = self.service = secrets.resolve(self.service)
         repo = self._resolve()
         commit = self.commit
         whole = set(self.hosts) == set(svc.hosts)  # a `host:` subset is not a stage's deploy
@@ -591,6 +592,11 @@ class Rollout:
             for warning in fact_list(r.stdout, "warning"):
                 self.say("warning", f"  {t.name}: warning: {warning}", host=t.name,
                          warning=warning)
+            replaced = fact_list(r.stdout, "shared_replaced")
+            if replaced:
+                why = (f"the repository's {', '.join(replaced)} replaced by link(s) into "
+                       f"{self.dir(t)}/shared/ (shared: in services.yaml)")
+                self.say("warning", f"  {t.name}: warning: {why}", host=t.name, warning=why)
             if "build" in f:
                 run.steps.append("build" if f["build"] == "ran" else "build_reused")
             if "collectstatic" in f:

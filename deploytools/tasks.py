@@ -156,7 +156,7 @@ def exec_(c, service, command, once=False):
 
 @task(help={"service": "service name"})
 def media(c, service):
-    """Collect static files into the live release and make sure shared/media exists.
+    """Collect static files into the live release; link its shared paths (media/).
 
         deploytools media:airship
     """

@@ -57,10 +57,12 @@ class Type:
 
 
 class ListOf(Type):
-    def __init__(self, name: str, item: Setting, *, unique: bool = False):
+    def __init__(self, name: str, item: Setting, *, unique: bool = False,
+                 empty_ok: bool = False):
         super().__init__(name, "a list")
         self.item = item
         self.unique = unique
+        self.empty_ok = empty_ok  # `[]` means none (else an empty list is an error)
 
 
 class MapOf(Type):
@@ -381,8 +383,9 @@ def host_root(value: str) -> None:
     safe_path(value[2:] if value.startswith("~/") else value)
 
 
-def env_value(value: str) -> None:
-    if "\n" in value or "\0" in value:
+def env_value(value: Any) -> None:
+    """A plain env value (a secret, checked by its own rules, passes)."""
+    if isinstance(value, str) and ("\n" in value or "\0" in value):
         raise ValueError(f"expected a single line, got {show(value)}")
 
 
@@ -455,3 +458,27 @@ def build_output(value: str) -> None:
 
 
 build_output.expect = "a path in the release, such as build/"  # type: ignore[attr-defined]
+
+# A shared path is linked into every release by the staging program: quoted there
+# anyway, but kept to plain names so that it reads the same in services.yaml, on the
+# host and in an error message.
+_SHARED_PART = re.compile(r"[A-Za-z0-9._@+-]+")
+SHARED_PATH_EXPECT = ("a path relative to the release such as media/ (a directory: ends with "
+                      "/) or config/local.py (a file)")
+
+
+def shared_path(value: str) -> None:
+    parts = (value[:-1] if value.endswith("/") else value).split("/")
+    if value.startswith(("/", "~")) or not all(parts) or \
+            any(p in (".", "..") for p in parts):
+        raise ValueError(f"expected {SHARED_PATH_EXPECT}, got {show(value)}: it must be "
+                         "relative, without '.', '..' or empty parts")
+    if not all(_SHARED_PART.fullmatch(p) for p in parts):
+        raise ValueError(f"expected {SHARED_PATH_EXPECT}, got {show(value)}: use letters, "
+                         "digits, '.', '_', '@', '+' and '-' between the '/'")
+    if parts[0] in RELEASE_RESERVED:
+        raise ValueError(f"{value!r} is written by deploytools in every release; share "
+                         "another path")
+
+
+shared_path.expect = SHARED_PATH_EXPECT  # type: ignore[attr-defined]

@@ -20,9 +20,11 @@ from .declare import (
     at_least, at_least_one, at_most, bind_address, branch_name, build_output, did_you_mean,
     env_name, env_value, host_root, migration_name, non_negative, nonblank, one_of, pathspec, port_number,
     positive, probability, program, rate, relative_path, repo_url, rollout_step, safe_path,
+    shared_path,
     setting, settings_of, shell_line, single_line, small_rate, status, tag_prefix, url_path,
     user_name,
 )
+from .secrets import EXPECT as SECRET_EXPECT, Secret, coerce as coerce_env_value
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -310,6 +312,9 @@ HOOK = settings_of(Hook)
 MIGRATIONS = settings_of(Migrations)
 
 
+ENV_VALUE = Type("string or secret", SECRET_EXPECT, coerce_env_value)
+
+
 def _item(type_: Type, validator: Any = None) -> Setting:
     return Setting("", type_, REQUIRED, validator)
 
@@ -411,10 +416,18 @@ class Service(Declared):
         "`pipenv`, `project` or `none` choose one, and a missing file is an error. The "
         "virtualenv is rebuilt exactly when the chosen method's inputs change.",
         defaultable=True)
-    env: Mapping[str, str] = setting(
-        MapOf("mapping NAME: string", env_name, _item(STR, env_value)), None, None,
+    env: Mapping[str, str | Secret] = setting(
+        MapOf("mapping NAME: string or secret", env_name, _item(ENV_VALUE, env_value)),
+        None, None,
         "Environment variables. Scalars are taken as written (`010` stays `010`, `yes` "
-        "stays `yes`); an empty value must be written `\"\"`.", doc_default="`{}`")
+        "stays `yes`); an empty value must be written `\"\"`. A secret stays out of this "
+        "file: `{from_env: NAME}` takes the value of the variable NAME in the environment "
+        "of the deploy (your shell, your CI's secrets), `{from_file: PATH}` the content of "
+        "a file on the machine that deploys (`~` expanded, relative to services.yaml's "
+        "directory, trailing newlines dropped). Read when a deploy starts: a missing or "
+        "empty one stops it before any host is touched. Written only into the release's "
+        "env file (0600); shown as `<secret>`. A changed value restarts the service at the "
+        "next deploy.", doc_default="`{}`")
     workers: int = setting(INT, 2, at_least(1),
                            "gunicorn worker processes (not for kind command).")
     graceful_timeout: int = setting(
@@ -476,6 +489,17 @@ class Service(Declared):
         BOOL, DJANGO_ONLY, None,
         "Run `manage.py collectstatic` while staging each release (django only).",
         doc_default="true for django")
+    shared: tuple[str, ...] = setting(  # once loaded: as written, `[]` for none
+        ListOf("list of paths", _item(PATH, shared_path), unique=True, empty_ok=True),
+        BY_KIND, None,
+        "Files and directories that survive releases: each lives in `<dir>/shared/` and is "
+        "linked into every release at the same path, replacing what the repository has "
+        "there (staging warns). `media/` (a trailing `/`) is a directory, created on the "
+        "first deploy; `config/local.py` is a file, which you create on each host: a "
+        "missing one stops staging, before any host switches. A Flask app keeps its SQLite "
+        "database in `instance/`. A list given here replaces the default (django: keep "
+        "`media/` in it); `[]` shares nothing.",
+        doc_default="`[media/]` for django, else `[]`")
     health: Health = setting(
         Section("mapping (see health)", HEALTH), None, None,
         "Readiness probe, see below; merged key by key with `defaults.health`.",
@@ -558,9 +582,10 @@ class Stage(Declared):
         Type("mapping role: list of host names", "a mapping"), None, None,
         "Roles replaced while this stage is selected, e.g. `web: [stg-0, stg-1]`.",
         doc_default="`{}`")
-    env: Mapping[str, str] = setting(
-        MapOf("mapping NAME: string", env_name, Setting("", STR, REQUIRED, env_value)),
-        None, None, "Merged over every service's `env`, key by key (the stage wins).",
+    env: Mapping[str, str | Secret] = setting(
+        MapOf("mapping NAME: string or secret", env_name, _item(ENV_VALUE, env_value)),
+        None, None, "Merged over every service's `env`, key by key (the stage wins); a "
+        "value may be a secret (`from_env`/`from_file`) like a service's.",
         doc_default="`{}`")
     gate: Mapping[str, Any] = setting(
         Section("mapping (see gate)", GATE), None, None,

@@ -22,12 +22,13 @@ from .declare import (
     did_you_mean, safe_path, show,
 )
 from .model import (
-    DEFAULTABLE, GATE, HEALTH, HEALTH_TIMEOUT_DEFAULT, HOST, HOST_NAME, HOST_NAME_RULE, LB, Lb,
-    MIGRATIONS,
+    DEFAULTABLE, ENV_VALUE, GATE, HEALTH, HEALTH_TIMEOUT_DEFAULT, HOST, HOST_NAME, HOST_NAME_RULE,
+    LB, Lb, MIGRATIONS,
     RELOAD_DEFAULT, SERVICE, SERVICE_NAME, SERVICE_NAME_RULE, SSH, TOP, WSGI_KINDS, Config,
     FrozenMap, Gate, Health, Host, Migrations, Service, Ssh,
 )
 from .model import HOOK, PRODUCTION, STAGE, STAGE_NAME, Hook, Stage
+from .secrets import Secret
 from .yamllines import Map, parse_yaml
 
 ENV_VAR = "DEPLOYTOOLS_CONFIG"
@@ -91,11 +92,13 @@ class _Reader:
             if s.nullable or not (s.required or isinstance(t, (ListOf, MapOf)) or
                                   s.default is not None):
                 return None
-            null = " (write \"\" for an empty string)" if t in (STR, PATH) else ""
+            null = " (write \"\" for an empty string)" if t in (STR, PATH, ENV_VALUE) else ""
             self.fail(where, f"expected {s.expect}, got nothing{null}.", line)
         if isinstance(t, ListOf):
             if not isinstance(value, list):
                 self.fail(where, f"expected a list ({t.name}), got {show(value)}.", line)
+            if not value and t.empty_ok:
+                return ()
             if not value:
                 self.fail(where, "expected a list with at least one item, got an empty list.",
                           line)
@@ -116,6 +119,8 @@ class _Reader:
                 s.validator(typed)
             except ValueError as e:
                 self.fail(where, f"{e}.", line)
+        if isinstance(typed, Secret):  # where it is said, for the deploy-time errors
+            return typed.placed(self.path, line, self.local_path)
         return float(typed) if t is NUMBER else typed
 
     def local_path(self, value: str) -> str:
@@ -382,6 +387,9 @@ def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, An
         v["reload_signal"] = RELOAD_DEFAULT.get(kind, "HUP")
     if v["socket"] is BY_KIND:
         v["socket"] = "bind" if kind == "command" else "inherit"
+    if v["shared"] is BY_KIND:
+        v["shared"] = ("media/",) if kind == "django" else ()
+    _check_shared(r, where, v["shared"], m.get("shared"))
     if v["lb"] is not None:
         lb_line = lines.get("lb", line)
         for key, s in LB.items():
@@ -477,6 +485,21 @@ def _hooks(r: _Reader, given: Mapping[str, Any] | None, where: str,
             hooks.append(Hook(**_fill(HOOK, item)))
         out[point] = tuple(hooks)
     return FrozenMap(out)
+
+
+def _check_shared(r: _Reader, where: str, shared: tuple[str, ...], given: Any) -> None:
+    """No shared path inside another: each is one link in the release."""
+    names = [p.rstrip("/") for p in shared]
+    for i, name in enumerate(names):
+        outer = next((o for o in names if name.startswith(o + "/")), None)
+        if outer is not None:
+            r.fail(f"{where}.shared", f"{shared[i]!r} is inside {outer + '/'!r}, which is "
+                   "shared already: list only the outer one.",
+                   given.item_lines[i] if given else None)
+        if name in names[:i]:
+            r.fail(f"{where}.shared", f"{shared[i]!r} is listed twice (once as a directory "
+                   "with '/', once as a file): say which it is.",
+                   given.item_lines[i] if given else None)
 
 
 def _check_ports(r: _Reader, services: Mapping[str, Service], hosts: Mapping[str, Host],

@@ -48,6 +48,9 @@ def test_first_deploy_serves_everywhere(deployenv):
         assert manifest["commit"] == sha(deployenv, "v1")
         assert stat.S_IMODE(os.stat(d / "releases" / rel / ".deploy" / "env").st_mode) == 0o600
         assert (d / "repo" / "HEAD").exists()  # the cached mirror
+        # Django's media/ is shared by default (shared: [media/]), as before.
+        assert os.readlink(d / "releases" / rel / "media") == "/srv/airship/shared/media"
+        assert (d / "shared" / "media").is_dir()
         # gunicorn binds the host's own address, not a shared one
         assert deployenv.served(h)["hostname"] == h
 

@@ -329,7 +329,27 @@ BROKEN = [
     ("rollout-word", svc(GOOD + "rollout: [1, half]\n"), 13,
      "expected a number of hosts or a percentage like \"50%\", got 'half'"),
     ("env-non-scalar", svc(GOOD + "env:\n  A: ok\n  B: [1, 2]\n"), 15,
-     "services.airship.env.B: expected a string, got a list"),
+     "services.airship.env.B: expected a string, {from_env: NAME} or {from_file: PATH}, "
+     "got a list"),
+    ("env-secret-two-keys", svc(GOOD + "env:\n  A: {from_env: X, from_file: y}\n"), 14,
+     "a secret is a mapping of one key, from_env or from_file (got from_env, from_file)"),
+    ("env-secret-typo", svc(GOOD + "env:\n  A: ok\n  B: {form_env: X}\n"), 15,
+     "(got form_env)"),
+    ("env-secret-bad-name", svc(GOOD + "env:\n  A: {from_env: 'X Y'}\n"), 14,
+     "'X Y' is not an environment variable name"),
+    ("env-secret-empty-path", svc(GOOD + "env:\n  A: {from_file: ''}\n"), 14,
+     "from_file takes a path"),
+    ("shared-absolute", svc(GOOD + "shared: [media/, /etc/passwd]\n"), 13,
+     "services.airship.shared[1]: expected a path relative to the release"),
+    ("shared-dotdot", svc(GOOD + "shared:\n  - media/\n  - ../up/\n"), 15,
+     "without '.', '..' or empty parts"),
+    ("shared-shell", svc(GOOD + "shared:\n  - 'a;b'\n"), 14, "use letters, digits"),
+    ("shared-reserved", svc(GOOD + "shared:\n  - .deploy/env\n"), 14,
+     "written by deploytools in every release"),
+    ("shared-nested", svc(GOOD + "shared:\n  - media/\n  - media/thumbs/\n"), 15,
+     "'media/thumbs/' is inside 'media/', which is shared already"),
+    ("shared-dir-and-file", svc(GOOD + "shared:\n  - data/\n  - data\n"), 15,
+     "listed twice (once as a directory"),
     ("env-null", svc(GOOD + "env:\n  A:\n"), 14, "write \"\" for an empty string"),
     ("env-bad-name", svc(GOOD + "env:\n  1BAD: x\n"), 14, "'1BAD' is not a valid environment"),
     ("health-path", svc(GOOD + "health: {path: healthz}\n"), 13,
@@ -685,3 +705,18 @@ def test_reference_documents_both_kinds():
     for key in ("build_inputs", "build_outputs", "reload_signal", "command"):
         assert f"| `{key}` |" in text
     assert '`"HUP"`; `"restart"` for command' in text
+
+
+@pytest.mark.parametrize("kind_and_app,given,expected", [
+    ("kind: django\napp: airship.wsgi:application\n", "", ("media/",)),  # as before
+    ("kind: flask\napp: skiff.app:app\n", "", ()),
+    ("kind: django\napp: airship.wsgi:application\n", "shared: []\n", ()),
+    ("kind: django\napp: airship.wsgi:application\n", "shared: [uploads/, .env]\n",
+     ("uploads/", ".env")),  # replaces the default
+    ("kind: command\ncommand: ./run\n", "shared:\n  - instance/\n  - conf/local.cfg\n",
+     ("instance/", "conf/local.cfg")),
+])
+def test_shared_paths_default_by_kind(tmp_path, kind_and_app, given, expected):
+    text = svc(kind_and_app + "repo: git@example.com:airship.git\nrole: web\nport: 8000\n"
+               + given)
+    assert parse(text, str(tmp_path / "services.yaml")).service("airship").shared == expected

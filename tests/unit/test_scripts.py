@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from deploytools import gate, hooks, hoststate, lock, monitor, releases, render, supervisor, venv
-from deploytools.config import parse
+from deploytools.config import parse, secrets
 from deploytools.errors import ConfigError
 from deploytools.inventory import Fleet, stdin_program, stream_program
 from deploytools.script import fact_list, facts, write_file
@@ -40,7 +40,9 @@ def services_yaml(v: str) -> str:
         "services": {
             "air": {"kind": "django", "repo": f"https://git.example.com/{v}.git",
                     "branch": "main/x-1", "hosts": ["web-0"], "app": "air.wsgi:application",
-                    "port": 8000, "env": {"SECRET_KEY": v, "DATABASE_URL": f"postgres://h/{v}"}},
+                    "port": 8000, "env": {"SECRET_KEY": v, "DATABASE_URL": f"postgres://h/{v}",
+                                          "API_TOKEN": {"from_env": "AIR_TOKEN"}},
+                    "shared": ["media/", "uploads/", "config/local.py", ".env"]},
             "skiff": {"kind": "flask", "repo": "/r/skiff.git", "hosts": ["web-0"],
                       "app": FACTORY if v == PAYLOAD else "skiff.app:app", "port": 8001,
                       "reload_signal": "restart", "installer": "uv",
@@ -74,7 +76,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out: dict[str, str] = {}
     record = lock.owner_record("deploy")
     for name in ("air", "skiff", "harbor"):
-        s = cfg.service(name)
+        s = secrets.resolve(cfg.service(name), {"AIR_TOKEN": v})  # as a deploy does first
         k = f"{name}"
         for static in ("run", "reuse"):
             for build in ("run", "reuse"):
@@ -128,6 +130,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["lock_remove"] = lock.remove_lock_script(d + "/.lock", v)
     out["lock_remove:any"] = lock.remove_lock_script(d + "/.lock", None)
     out["media"] = releases.media_script(air, d, v)
+    out["shared"] = releases.shared_script(air, d, v)
     out["exec"] = releases.exec_script(d, f"flask --app flaskr init-db {v}")
     out["history_append"] = lock.history_append_script(d, {"user": v})
     out["history_read"] = lock.history_read_script(d, 20)
@@ -177,7 +180,7 @@ def test_rendered_launchers_pass_shellcheck_as_sh(tmp_path, case):
     host = cfg.hosts["web-0"]
     files = {}
     for name in ("air", "skiff", "harbor"):
-        s = cfg.service(name)
+        s = secrets.resolve(cfg.service(name), {"AIR_TOKEN": v})
         for f in render.service_files(s, host, d) + render.release_files(s, host, d, "R1", "c" * 40):
             if f.path in ("bin/ctl", f"etc/init.d/{name}", ".deploy/start"):
                 files[f"{name}-{f.path}"] = f.content
@@ -416,3 +419,75 @@ def test_exec_without_a_live_release_runs_nothing(sandbox):
     r = run(releases.exec_script(str(d), "touch MARK"), cwd)
     assert r.returncode == 1
     assert "@@exec_release" not in r.stdout and "nothing is deployed" in r.stderr
+
+
+# --- shared paths ---------------------------------------------------------------------
+
+
+def _release(d: Path, name: str) -> Path:
+    rel = d / "releases" / name
+    rel.mkdir(parents=True)
+    return rel
+
+
+def test_shared_paths_are_linked_into_a_release_replacing_the_repositorys(cfg, sandbox):
+    cwd, d = sandbox
+    s = cfg.service("air")  # shared: media/, uploads/, config/local.py, .env
+    rel = _release(d, "R1")
+    (rel / "media").mkdir()  # the repository has a media/ and a config/local.py
+    (rel / "media" / "from-repo.png").write_text("repo")
+    (rel / "config").mkdir()
+    (rel / "config" / "local.py").write_text("DEBUG = True  # the repository's\n")
+    (d / "shared" / "config").mkdir(parents=True)
+    (d / "shared" / "config" / "local.py").write_text("DEBUG = False\n")
+    (d / "shared" / ".env").write_text("X=1\n")
+    r = run(releases.shared_script(s, str(d), "R1"), cwd)
+    assert r.returncode == 0, r.stderr
+    assert sorted(fact_list(r.stdout, "shared_replaced")) == ["config/local.py", "media"]
+    for path in ("media", "uploads", "config/local.py", ".env"):
+        assert os.readlink(rel / path) == str(d / "shared" / path), path
+    assert (d / "shared" / "uploads").is_dir()  # created the first time
+    assert not (d / "shared" / "media" / "from-repo.png").exists()  # not copied into shared
+    assert (rel / "config" / "local.py").read_text() == "DEBUG = False\n"
+    (rel / "media" / "upload.png").write_text("by the app")  # lands in shared/
+    assert (d / "shared" / "media" / "upload.png").read_text() == "by the app"
+    # Again (the media task on the live release): nothing to replace, nothing lost.
+    r = run(releases.shared_script(s, str(d), "R1"), cwd)
+    assert r.returncode == 0 and fact_list(r.stdout, "shared_replaced") == [], r.stderr
+    assert (d / "shared" / "media" / "upload.png").read_text() == "by the app"
+
+
+def test_a_missing_shared_file_fails_naming_every_path_to_create(cfg, sandbox):
+    cwd, d = sandbox
+    rel = _release(d, "R1")
+    (d / "shared" / "config").mkdir(parents=True)
+    (d / "shared" / "config" / "local.py").mkdir()  # a directory is not the file
+    r = run(releases.shared_script(cfg.service("air"), str(d), "R1"), cwd)
+    assert r.returncode == 1
+    assert f"missing on this host: create {d}/shared/config/local.py {d}/shared/.env " \
+        in r.stderr, r.stderr
+    assert list(rel.iterdir()) == []  # nothing linked
+
+
+def test_a_shared_path_never_leads_out_of_the_release(cfg, sandbox, tmp_path_factory):
+    cwd, d = sandbox
+    outside = tmp_path_factory.mktemp("etc")
+    rel = _release(d, "R1")
+    (rel / "config").symlink_to(outside)  # the repository's symlink
+    (d / "shared" / "config").mkdir(parents=True)
+    (d / "shared" / "config" / "local.py").write_text("x\n")
+    (d / "shared" / ".env").write_text("x\n")
+    r = run(releases.shared_script(cfg.service("air"), str(d), "R1"), cwd)
+    assert r.returncode == 1 and "config leads out of the release" in r.stderr, r.stderr
+    assert list(outside.iterdir()) == []
+
+
+def test_a_shared_directory_that_is_a_file_on_the_host_is_an_error(cfg, sandbox):
+    cwd, d = sandbox
+    _release(d, "R1")
+    (d / "shared" / "config").mkdir(parents=True)
+    (d / "shared" / "config" / "local.py").write_text("x\n")
+    (d / "shared" / ".env").write_text("x\n")
+    (d / "shared" / "uploads").write_text("not a directory\n")
+    r = run(releases.shared_script(cfg.service("air"), str(d), "R1"), cwd)
+    assert r.returncode == 1 and f"{d}/shared/uploads is not a directory" in r.stderr

@@ -1,0 +1,142 @@
+"""Secrets out of services.yaml (`{from_env: NAME}`, `{from_file: PATH}`): where they are
+said, how they are read at deploy time, and that they print as `<secret>` everywhere
+but in the env file."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import textwrap
+
+import pytest
+
+from deploytools import render
+from deploytools.config import parse, secrets
+from deploytools.errors import ConfigError
+
+TEXT = """\
+hosts:
+  web-0: {address: 10.0.0.10}
+services:
+  vault:
+    kind: flask
+    repo: /r/vault.git
+    hosts: [web-0]
+    app: vault:app
+    port: 8000
+    env:
+      PLAIN: "010"
+      SECRET_KEY: {from_env: VAULT_SECRET_KEY}
+      DATABASE_URL: {from_file: secrets/db.url}
+      HOME_FILE:
+        from_file: ~/vault.token
+"""
+
+
+@pytest.fixture
+def svc(tmp_path):
+    (tmp_path / "secrets").mkdir()
+    return parse(TEXT, str(tmp_path / "services.yaml")).service("vault")
+
+
+def test_a_secret_says_where_it_is_said_and_not_what_it_is(svc, tmp_path):
+    env = svc.env
+    assert env["PLAIN"] == "010"
+    assert env["SECRET_KEY"] == secrets.Secret("from_env", "VAULT_SECRET_KEY")
+    assert (env["SECRET_KEY"].line, env["DATABASE_URL"].line, env["HOME_FILE"].line) == (12, 13, 14)
+    assert env["SECRET_KEY"].path == str(tmp_path / "services.yaml")
+    # A file: relative to services.yaml's directory; `~` expanded.
+    assert env["DATABASE_URL"].ref == str(tmp_path / "secrets" / "db.url")
+    assert env["HOME_FILE"].ref == os.path.expanduser("~/vault.token")
+    assert secrets.masked(env) == {"PLAIN": "010", "SECRET_KEY": "<secret>",
+                                   "DATABASE_URL": "<secret>", "HOME_FILE": "<secret>"}
+    assert secrets.described(env).startswith(
+        "PLAIN=010 SECRET_KEY=<secret> (from_env VAULT_SECRET_KEY) DATABASE_URL=<secret> "
+        f"(from_file {tmp_path}/secrets/db.url)")
+
+
+def test_resolved_values_show_only_in_the_env_file(svc, tmp_path):
+    (tmp_path / "secrets" / "db.url").write_text("postgres://u:FILE-VALUE@db/x\n\n")
+    home = tmp_path / "token"
+    home.write_text("HOME-VALUE")
+    svc = dataclasses.replace(svc, env=type(svc.env)(
+        dict(svc.env, HOME_FILE=secrets.Secret("from_file", str(home)))))
+    resolved = secrets.resolve(svc, {"VAULT_SECRET_KEY": "ENV-VALUE with 'quotes' $(x)"})
+    values = ("ENV-VALUE", "FILE-VALUE", "HOME-VALUE")
+    shown = [str(resolved.env["SECRET_KEY"]), repr(resolved.env["SECRET_KEY"]),
+             f"{resolved.env['DATABASE_URL']}", repr(resolved), repr(resolved.env),
+             json.dumps(dict(resolved.env), default=str), secrets.described(resolved.env),
+             json.dumps(secrets.masked(resolved.env))]
+    assert not [s for s in shown for v in values if v in s], shown
+    assert str(resolved.env["SECRET_KEY"]) == "<secret>"
+    assert resolved == svc  # the same settings: a value is not part of a comparison
+
+    host = parse(TEXT, str(tmp_path / "services.yaml")).hosts["web-0"]
+    env_file = render.release_files(resolved, host, "/srv/vault", "R", "c" * 40)[0]
+    assert env_file.path == ".deploy/env" and env_file.mode == 0o600
+    lines = env_file.content.splitlines()
+    assert "SECRET_KEY='ENV-VALUE with '\"'\"'quotes'\"'\"' $(x)'" in lines
+    assert "DATABASE_URL=postgres://u:FILE-VALUE@db/x" in lines  # trailing newlines dropped
+    assert "HOME_FILE=HOME-VALUE" in lines and "PLAIN=010" in lines
+
+
+def test_an_unresolved_secret_is_never_rendered(svc, tmp_path):
+    host = parse(TEXT, str(tmp_path / "services.yaml")).hosts["web-0"]
+    with pytest.raises(RuntimeError, match="not resolved"):
+        render.release_files(svc, host, "/srv/vault", "R", "c" * 40)
+
+
+def test_a_service_without_secrets_is_resolved_as_it_is(tmp_path):
+    text = TEXT.split("    env:")[0]
+    svc = parse(text, str(tmp_path / "services.yaml")).service("vault")
+    assert secrets.resolve(svc, {}) is svc
+
+
+def test_every_missing_secret_is_named_in_one_error_with_its_line(svc, tmp_path):
+    (tmp_path / "secrets" / "db.url").mkdir()  # a directory, not a file
+    with pytest.raises(ConfigError) as info:
+        secrets.resolve(svc, {})
+    err = info.value
+    assert (err.path, err.line) == (str(tmp_path / "services.yaml"), 12)
+    text = str(err)
+    assert text.startswith(f"{tmp_path}/services.yaml:12: services.vault.env.SECRET_KEY: the "
+                           "environment variable VAULT_SECRET_KEY is not set here: export it "
+                           "before deploying (export VAULT_SECRET_KEY=...")
+    assert "nothing was touched" in text and "\n" not in text  # one paragraph
+    assert f"Also services.vault.env.DATABASE_URL (line 13): {tmp_path}/secrets/db.url is a " \
+           "directory" in text
+    assert "Also services.vault.env.HOME_FILE (line 14): the file " in text
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"", "is empty"),
+    (b"\n", "is empty"),
+    (b"one\ntwo\n", "holds more than one line"),
+    (b"\xff\xfe", "is not UTF-8 text"),
+])
+def test_a_file_that_is_not_one_line_of_text_is_refused(svc, tmp_path, content, why):
+    (tmp_path / "secrets" / "db.url").write_bytes(content)
+    home = tmp_path / "t"
+    home.write_text("ok")
+    svc = dataclasses.replace(svc, env=type(svc.env)(
+        dict(svc.env, HOME_FILE=secrets.Secret("from_file", str(home)))))
+    with pytest.raises(ConfigError, match=why) as info:
+        secrets.resolve(svc, {"VAULT_SECRET_KEY": "k"})
+    assert info.value.line == 13
+
+
+def test_an_empty_environment_variable_is_refused(svc):
+    with pytest.raises(ConfigError, match="the environment variable VAULT_SECRET_KEY is empty"):
+        secrets.resolve(dataclasses.replace(svc, env=type(svc.env)(
+            {"SECRET_KEY": svc.env["SECRET_KEY"]})), {"VAULT_SECRET_KEY": ""})
+
+
+def test_a_secret_is_refused_where_a_plain_string_is_needed(tmp_path):
+    text = TEXT.replace("      PLAIN: \"010\"\n", "      PLAIN: {from_env: [A]}\n")
+    with pytest.raises(ConfigError, match="from_env takes the name of an environment variable") \
+            as info:
+        parse(text, str(tmp_path / "services.yaml"))
+    assert info.value.line == 11
+    text = textwrap.dedent(TEXT).replace("      PLAIN: \"010\"\n", "      PLAIN: {}\n")
+    with pytest.raises(ConfigError, match="got no key"):
+        parse(text, str(tmp_path / "services.yaml"))
