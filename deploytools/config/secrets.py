@@ -104,14 +104,32 @@ def secrets_of(service) -> dict[str, Secret]:
     return {k: v for k, v in service.env.items() if isinstance(v, Secret)}
 
 
+HIDDEN = "<hidden>"
+# A plain value under such a name, or a URL's password, is most likely a secret written
+# in services.yaml before from_env/from_file existed: plan and status do not print it.
+_SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH", re.I)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)")
+
+
+def shown(name: str, value: Any) -> str:
+    """How plan and status show one env value: a secret `<secret>`, a plain value as
+    written, except a likely secret written in plain text (a name like SECRET_KEY or
+    DB_PASSWORD, a URL's password): `<hidden>`."""
+    if isinstance(value, Secret):
+        return SHOWN
+    if _SECRET_NAME.search(name):
+        return HIDDEN
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + HIDDEN, value)
+
+
 def masked(env: Mapping[str, Any]) -> dict[str, str]:
-    """The env as plan/status show it: plain values as they are, every secret `<secret>`."""
-    return {k: SHOWN if isinstance(v, Secret) else v for k, v in env.items()}
+    """The env as plan/status show it (`shown`)."""
+    return {k: shown(k, v) for k, v in env.items()}
 
 
 def described(env: Mapping[str, Any]) -> str:
     """One line for a human: `A=1 SECRET_KEY=<secret> (from_env AIRSHIP_SECRET_KEY)`."""
-    return " ".join(f"{k}={SHOWN} ({v.origin})" if isinstance(v, Secret) else f"{k}={v}"
+    return " ".join(f"{k}={SHOWN} ({v.origin})" if isinstance(v, Secret) else f"{k}={shown(k, v)}"
                     for k, v in env.items()) or "(none)"
 
 

@@ -9,8 +9,8 @@ command line of every process on this machine (the test hosts' processes are thi
 machine's) every ~10 ms, decoding base64 too, since that is how a file travels inside
 a script. It must see no marker, and the app must still have received them. No
 marker is in the `--json` output of deploys, exec, restart, rollback and history, nor
-in the deploy history; `plan` and `status` show the secrets as `<secret>` (and the
-values written in services.yaml as written); the two secrets kept out of services.yaml
+in the deploy history; `plan` and `status` show the secrets as `<secret>` and the
+one written in services.yaml as `<hidden>` (its name says secret); the two secrets kept out of services.yaml
 are in no file on the hosts but the releases' env files (0600).
 """
 from __future__ import annotations
@@ -229,20 +229,21 @@ def test_no_secret_in_any_command_line_during_deploys(vault):
     assert scan.sightings == [], f"a secret was in {len(cleaned)} command line(s): {cleaned}"
 
     # Not in the --json output of deploys, exec (it printed only the lengths), restart,
-    # rollback and history. plan and status show the env: values written in
-    # services.yaml as written (that is where they are kept), each secret as <secret>.
+    # rollback and history. plan and status show the env: plain values as written, each
+    # secret as <secret>, and a secret written in plain text (a secret's name, a URL's
+    # password) as <hidden>.
     assert not [o for o in outputs for m in vault.markers if m in o]
     assert f"len={len(vault.token_b)} {len(vault.file_secret)}" in outputs[3]
-    assert not [o for o in shown for m in vault.hidden if m in o]
+    assert not [o for o in shown for m in vault.markers if m in o]
     for text in shown[1::2]:  # the human lines
-        assert f"SECRET_KEY={vault.marker} " in text, text
+        assert "SECRET_KEY=<hidden> " in text, text
         assert "API_TOKEN=<secret> (from_env VAULT_API_TOKEN)" in text, text
         assert f"FILE_TOKEN=<secret> (from_file {env.config.parent}/token.txt)" in text, text
     for text in shown[0::2]:  # JSON: one event holds the env
         events = [json.loads(line) for line in text.splitlines()]
         env_events = [e["env"] for e in events if "env" in e]
-        assert env_events == [{"SECRET_KEY": vault.marker,
-                               "DATABASE_URL": f"postgres://app:{vault.marker}@db/app",
+        assert env_events == [{"SECRET_KEY": "<hidden>",
+                               "DATABASE_URL": "postgres://app:<hidden>@db/app",
                                "API_TOKEN": "<secret>", "FILE_TOKEN": "<secret>"}], events
     for h in HOSTS:
         history = (env.srv(h, SVC) / "history.jsonl").read_text()

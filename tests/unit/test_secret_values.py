@@ -140,3 +140,19 @@ def test_a_secret_is_refused_where_a_plain_string_is_needed(tmp_path):
     text = textwrap.dedent(TEXT).replace("      PLAIN: \"010\"\n", "      PLAIN: {}\n")
     with pytest.raises(ConfigError, match="got no key"):
         parse(text, str(tmp_path / "services.yaml"))
+
+
+@pytest.mark.parametrize("name, value, shown", [
+    ("DEBUG", "0", "0"),
+    ("DJANGO_SETTINGS_MODULE", "airship.settings", "airship.settings"),
+    ("SECRET_KEY", "s3cr3t", "<hidden>"),           # a secret's name, written in plain text
+    ("DB_PASSWORD", "hunter2", "<hidden>"),
+    ("STRIPE_API_TOKEN", "tok", "<hidden>"),
+    ("DATABASE_URL", "postgres://app:pw@db/app", "postgres://app:<hidden>@db/app"),
+    ("CACHE_URL", "redis://:pw@cache:6379/0", "redis://:<hidden>@cache:6379/0"),
+    ("SITE_URL", "https://example.com/a@b", "https://example.com/a@b"),  # no userinfo
+    ("MAIL_URL", "smtp://user@mail:25", "smtp://user@mail:25"),          # no password
+])
+def test_plan_and_status_hide_a_secret_written_in_plain_text(name, value, shown):
+    assert secrets.shown(name, value) == shown
+    assert secrets.masked({name: value}) == {name: shown}
