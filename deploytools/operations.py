@@ -343,13 +343,11 @@ def restart(session, name: str, *, hard: bool = False) -> None:
         states = inspect_all(service, fleet)
 
         def go(t):
-            d = service.dir_on(t.host)
             current = states[t.name].current
             with lb.around_activation(balancer, service, t, current,
                                       restart=hard or service.reload_signal == "restart",
                                       say=report.event):
-                t.run(releases.reload_script(service, d, hard=hard), what="restarting")
-                releases.wait_ready(service, t, current)
+                releases.reload_ready(service, t, current, hard=hard)
             report.event("restarted", f"  {t.name}: {'restarted' if hard else 'reloaded'} "
                                       f"{current}", host=t.name, release=current)
         with lb.connect(service, session.config) as balancer:

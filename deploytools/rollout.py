@@ -327,12 +327,11 @@ class Rollout:
             # only once it serves the new release (lb.py).
             with lb.around_activation(balancer, svc, t, self.release, say=self.say):
                 run.activated = True  # from here on, `current` may have moved
-                try:
-                    mode = releases.switch(svc, t, self.release)
+                try:  # one round trip: switch, reload, and the host says when it is ready
+                    mode = releases.activate(svc, t, self.release)
                 except ConnectionFailed as e:
                     run.activated = e.delivered  # never sent: the host is as it was
                     raise
-                releases.wait_ready(svc, t, self.release)
             run.steps.append(f"activate_{mode}")
             self.say("activated", f"  {t.name}: serving {self.release} ({mode})", host=t.name,
                      mode=mode)
@@ -357,35 +356,32 @@ class Rollout:
             raise HealthGateFailed(f"error-rate gate after wave {i} failed: {verdict.reason}")
 
     def _roll_back_all(self, reason: str, *, reject: bool = True) -> None:
-        """Return every activated host to its previous release, in reverse wave order;
+        """Return every activated host to its previous release, all at once;
         with `reject`, mark the release so a later deploy of it needs force=true."""
         touched = [h for h in reversed(self.hosts) if self.runs[h].activated]
         self.say("rollback", f"rolling back {', '.join(touched)}: {reason.splitlines()[0]}",
                  hosts=touched)
-        failed: dict[str, BaseException] = {}
         with lb.connect(self.service, self.config) as balancer:
-            for name in touched:
-                t = self.fleet[name]
-                try:
-                    # A drained host returns to the pool only once restored and healthy.
-                    with lb.around_activation(balancer, self.service, t,
-                                              self.runs[name].previous, say=self.say):
-                        releases.restore(self.service, t, self.runs[name].previous)
-                    if reject:
-                        t.run(releases.mark_rejected_script(self.dir(t), self.release),
-                              check=False)
-                    self.say("restored", f"  {name}: back on "
-                                         f"{self.runs[name].previous or 'nothing'}", host=name)
-                except DeployError as e:
-                    failed[name] = e
-        for name in self.hosts if reject else ():
-            if not self.runs[name].activated:
-                t = self.fleet[name]
-                try:  # best effort: the mark only spares a later deploy the same gate
-                    t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
-                except DeployError as e:
-                    self.say("warning", f"  {name}: could not mark {self.release} rejected: "
-                                        f"{e.message}", host=name)
+            def restore(t):
+                # A drained host returns to the pool only once restored and healthy.
+                with lb.around_activation(balancer, self.service, t,
+                                          self.runs[t.name].previous, say=self.say):
+                    releases.restore(self.service, t, self.runs[t.name].previous)
+                if reject:
+                    t.run(releases.mark_rejected_script(self.dir(t), self.release),
+                          check=False)
+                self.say("restored", f"  {t.name}: back on "
+                                     f"{self.runs[t.name].previous or 'nothing'}", host=t.name)
+            # Every touched host at once (up to `parallel`): a rollback of N hosts takes
+            # about the time of one.
+            _, failed = self.parallel([self.fleet[n] for n in touched], restore)
+        untouched = [self.fleet[n] for n in self.hosts if reject and not self.runs[n].activated]
+        # Best effort: the mark only spares a later deploy the same gate.
+        _, unmarked = self.parallel(untouched, lambda t: t.run(
+            releases.mark_rejected_script(self.dir(t), self.release), check=False))
+        for name, e in unmarked.items():
+            self.say("warning", f"  {name}: could not mark {self.release} rejected: "
+                                f"{getattr(e, 'message', e)}", host=name)
         self.record["rolled_back"] = touched
         if failed:
             self.record["outcome"] = "unrestored"

@@ -89,6 +89,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
         for force in (False, True):
             out[f"activate:{k}:{force}"] = releases.activate_script(s, d, v, force_restart=force)
         out[f"wait_ready:{k}"] = releases.wait_ready_script(s, d, v, 12.5)
+        out[f"activate_ready:{k}"] = releases.activate_ready_script(s, d, v)
         for hard in (False, True):
             out[f"reload:{k}:{hard}"] = releases.reload_script(s, d, hard=hard)
         out[f"stop:{k}"] = releases.stop_script(s, d)
