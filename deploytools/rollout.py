@@ -15,7 +15,7 @@ from . import lock as lock_mod
 from . import releases, signals
 from .errors import (ConnectionFailed, DeployError, HealthGateFailed, LockedError, PublishFailed,
                      RestoreFailed, StagingFailed, UsageError, errors_text, fleet_failure)
-from .hoststate import inspect_all
+from .hoststate import inspect_all, inspect_script, parse_inspect
 from .inventory import Target, each
 from . import plan as plan_mod
 from .script import fact_list, facts, write_file
@@ -99,8 +99,10 @@ class Rollout:
                  commit=commit, release=self.release, hosts=self.hosts)
         with signals.terminating(), self.session.fleet(self.hosts) as fleet:
             self.fleet = fleet
-            self.lock = lock = lock_mod.FleetLock(fleet, svc, self.action,
-                                                  wait=self.session.lock_wait, say=self.say)
+            # Each host's state is read in the round trip that takes its lock.
+            self.lock = lock = lock_mod.FleetLock(
+                fleet, svc, self.action, wait=self.session.lock_wait, say=self.say,
+                then=lambda t: inspect_script(svc, self.dir(t)))
             self.record["user"] = lock.owner["user"]
             self.record["job"] = lock.owner["job"]
             try:
@@ -137,13 +139,12 @@ class Rollout:
                 raise
             finally:
                 self.record["duration"] = round(time.monotonic() - self.started, 2)
-                self._write_history()
-                lock.release()
+                self._finish()
         return outcome
 
     def _locked(self, repo) -> dict:
         svc = self.service
-        self._inspect()
+        self._inspect(self.lock.outputs)
         self._refuse_rejected()
         self.planned = self._plan(repo)
         self._stage()
@@ -154,11 +155,10 @@ class Rollout:
         try:
             # A signal between two waves is caught here too: touched hosts go back.
             for i, wave in enumerate(waves, 1):
-                self.lock.note(wave=i, release=self.release)  # before anyone sees the wave
                 self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i,
                          hosts=wave)
                 t0 = time.monotonic()
-                self._activate(wave)
+                self._activate(wave, i)
                 self._gate(i, waves)
                 self.say("wave_done", f"wave {i} ok ({time.monotonic() - t0:.1f}s)", wave=i)
         except (DeployError, KeyboardInterrupt) as e:
@@ -172,7 +172,6 @@ class Rollout:
             raise HealthGateFailed(
                 f"wave {i} ({', '.join(wave)}) failed, and every host this deploy touched "
                 f"was rolled back:\n{reason}") from None
-        self._prune()
         tag = None
         if self.publishes:
             tag = self._publish(repo)
@@ -203,8 +202,10 @@ class Rollout:
         self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)
         return tag
 
-    def _inspect(self) -> None:
-        states = inspect_all(self.service, self.fleet)
+    def _inspect(self, outputs: dict[str, str] | None = None) -> None:
+        """The hosts' states: from what the lock's round trip read (`outputs`), or read now."""
+        states = ({n: parse_inspect(outputs[n], self.service.name) for n in self.hosts}
+                  if outputs else inspect_all(self.service, self.fleet))
         self.states = states
         for name, st in states.items():
             self.runs[name].previous = st.current
@@ -318,7 +319,7 @@ class Rollout:
                 f"staging {self.release} ({self.commit[:7]}) failed; no host was switched:\n"
                 + errors_text(errors))
 
-    def _activate(self, wave: list[str]) -> None:
+    def _activate(self, wave: list[str], i: int) -> None:
         svc = self.service
 
         def activate(t):
@@ -327,8 +328,13 @@ class Rollout:
             # only once it serves the new release (lb.py).
             with lb.around_activation(balancer, svc, t, self.release, say=self.say):
                 run.activated = True  # from here on, `current` may have moved
-                try:  # one round trip: switch, reload, and the host says when it is ready
-                    mode = releases.activate(svc, t, self.release)
+                # One round trip: the wave noted in the lock (how far this deploy got, for
+                # whoever finds the lock after a crash), the switch, the reload, and the
+                # host saying when it is ready.
+                note = lock_mod.guarded(self.lock.note_program(t, wave=i, release=self.release),
+                                        "lock_note")
+                try:
+                    mode = releases.activate(svc, t, self.release, first=note)
                 except ConnectionFailed as e:
                     run.activated = e.delivered  # never sent: the host is as it was
                     raise
@@ -389,20 +395,37 @@ class Rollout:
                 f"the deploy failed ({reason.splitlines()[0]}) and these hosts could not be "
                 f"restored; a human must look:\n{errors_text(failed)}")
 
-    def _prune(self) -> None:
-        def prune(t):
-            keep_prev = self.runs[t.name].previous
-            r = t.run(releases.prune_script(self.dir(t), self.service.keep_releases,
-                                            [keep_prev]), what="pruning old releases")
-            return fact_list(r.stdout, "pruned")
-        pruned, errors = self.parallel(self.fleet, prune)
-        for name, err in errors.items():
-            self.say("warning", f"  {name}: pruning failed (the deploy is fine): {err}", host=name)
+    def _finish(self) -> None:
+        """One round trip per host at the end: the history line, pruning (after a
+        release went live), and the lock's release, which happens even when the others
+        fail."""
+        self._steps_for_history()
+        live = self.record.get("outcome") in ("success", "live_unpublished")
 
-    def _write_history(self) -> None:
+        def program(t):
+            run = self.runs[t.name]
+            rec = dict(self.record, host=t.name, from_release=run.previous,
+                       from_commit=run.previous_commit, steps=run.steps)
+            out = lock_mod.guarded(lock_mod.history_append_script(self.dir(t), rec), "history")
+            if live:
+                out += lock_mod.guarded(releases.prune_script(
+                    self.dir(t), self.service.keep_releases, [run.previous]), "prune")
+            return out
+        outs = self.lock.release(before=program)
+        for name, out in outs.items():
+            failed = [f for f in fact_list(out, "step_failed") if f != "before_unlock"]
+            if failed:
+                self.say("warning", f"  {name}: {' and '.join(failed)} failed (the deploy "
+                                    "itself is not affected)", host=name, failed=failed)
+
+    def _steps_for_history(self) -> None:
         # `steps` is what ran on that host; `all_steps` what ran anywhere in this deploy.
         self.record["all_steps"] = list(dict.fromkeys(
             step for run in self.runs.values() for step in run.steps))
+
+    def _write_history(self) -> None:
+        """The history line alone, on every host (a deploy that could not take the lock)."""
+        self._steps_for_history()
 
         def write(t):
             run = self.runs[t.name]

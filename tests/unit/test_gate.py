@@ -286,5 +286,5 @@ def test_a_short_bake_takes_its_own_length_not_a_whole_second(tmp_path, servers)
     with Traffic(cfg, {"a": 0, "b": 0}):
         verdict, took, _ = run_bake(cfg, ["a"], ["b"])
     start, end = verdict.figures["window"]
-    assert 0.3 <= end - start < 0.8 and took < 1.0, (start, end, took)
+    assert 0.299 <= end - start < 0.8 and took < 1.0, (start, end, took)  # ms rounding
     assert verdict.figures["hosts"]["a"]["log"][1] > 0  # ~100 lines a second were counted

@@ -108,6 +108,10 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["migrate"] = releases.migrate_script(air, d, v)
     out["read_migrations"] = releases.read_migrations_script(d, [v, "R 2"])
     out["lock_acquire"] = lock.acquire_script(d + "/.lock", json.dumps(dict(record, user=v)))
+    out["lock_acquire:inspect"] = lock.acquire_script(
+        d + "/.lock", json.dumps(record), hoststate.inspect_script(cfg.service("air"), d))
+    out["guarded"] = lock.guarded(lock.history_append_script(d, {"v": v}), "history") + \
+        lock.guarded(releases.prune_script(d, 3, [v]), "prune")
     out["lock_heartbeat"] = lock.heartbeat_script(d + "/.lock", record["id"])
     out["lock_remove:ours"] = lock.remove_lock_script(d + "/.lock", record["id"])
     out["lock_note"] = lock.note_script(d + "/.lock", record["id"], json.dumps(dict(record, wave=v)))
