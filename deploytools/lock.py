@@ -126,9 +126,12 @@ def acquire_script(path: str, record: str, then: str = "") -> str:
 
 
 def guarded(program: str, step: str) -> str:
-    """`program` as a step that may fail without stopping the program around it (a
-    subshell); a failure prints `@@step_failed STEP` and its output goes to stderr."""
-    return f"(\n{program.rstrip()}\n) || echo {render.shquote('@@step_failed ' + step)}\n"
+    """`program` as a step that may fail without stopping the program around it: a
+    subshell, still under `set -e` (not `( ... ) || x`, in which bash ignores -e inside
+    the subshell, so a failed `cd` would not stop what follows it). A failure prints
+    `@@step_failed STEP`."""
+    return (f"set +e\n(\nset -e\n{program.rstrip()}\n)\nstep_rc=$?\nset -e\n"
+            f"[ \"$step_rc\" = 0 ] || echo {render.shquote('@@step_failed ' + step)}\n")
 
 
 def heartbeat_script(path: str, token: str) -> str:
