@@ -237,7 +237,8 @@ class FleetLock:
 
     def _take_over(self, holder: dict, why: str) -> None:
         """Break a dead deploy's lock on every host that still has it, and say so loudly
-        (with the furthest wave it reached on any host: each host notes its own wave)."""
+        (with the furthest wave any host's lock noted: a deploy killed while noting a
+        wave may have reached only some hosts)."""
         stale_id = holder["id"]
         outs, _ = each(list(self.fleet), lambda t: t.run(
             remove_lock_script(self._path(t), stale_id),
@@ -309,11 +310,10 @@ class FleetLock:
         self.owner.update(progress)
         each([self.fleet[n] for n in self.held],
              lambda t: t.run(self.note_program(t), check=False,
-                             what="noting progress in the lock"), parallel=8)
+                             what="noting progress in the lock"), parallel=self.service.parallel)
 
     def note_program(self, target, **progress) -> str:
-        """The program that records `progress` in our lock on `target`, to send along
-        with other work (a wave's activation notes its wave on its own hosts)."""
+        """The program that records `progress` in our lock on `target`."""
         self.owner.update(progress)
         return note_script(self._path(target), self.owner["id"], json.dumps(self.owner))
 

@@ -155,10 +155,11 @@ class Rollout:
         try:
             # A signal between two waves is caught here too: touched hosts go back.
             for i, wave in enumerate(waves, 1):
+                self.lock.note(wave=i, release=self.release)  # before anyone sees the wave
                 self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i,
                          hosts=wave)
                 t0 = time.monotonic()
-                self._activate(wave, i)
+                self._activate(wave)
                 self._gate(i, waves)
                 self.say("wave_done", f"wave {i} ok ({time.monotonic() - t0:.1f}s)", wave=i)
         except (DeployError, KeyboardInterrupt) as e:
@@ -319,7 +320,7 @@ class Rollout:
                 f"staging {self.release} ({self.commit[:7]}) failed; no host was switched:\n"
                 + errors_text(errors))
 
-    def _activate(self, wave: list[str], i: int) -> None:
+    def _activate(self, wave: list[str]) -> None:
         svc = self.service
 
         def activate(t):
@@ -328,13 +329,8 @@ class Rollout:
             # only once it serves the new release (lb.py).
             with lb.around_activation(balancer, svc, t, self.release, say=self.say):
                 run.activated = True  # from here on, `current` may have moved
-                # One round trip: the wave noted in the lock (how far this deploy got, for
-                # whoever finds the lock after a crash), the switch, the reload, and the
-                # host saying when it is ready.
-                note = lock_mod.guarded(self.lock.note_program(t, wave=i, release=self.release),
-                                        "lock_note")
-                try:
-                    mode = releases.activate(svc, t, self.release, first=note)
+                try:  # one round trip: switch, reload, and the host says when it is ready
+                    mode = releases.activate(svc, t, self.release)
                 except ConnectionFailed as e:
                     run.activated = e.delivered  # never sent: the host is as it was
                     raise
