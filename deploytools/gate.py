@@ -160,12 +160,14 @@ def bake(fleet, service, new: list[str], old: list[str], say) -> health.Verdict:
     prober = Prober(service, hosts, settings.probe_interval).start()
     try:
         time.sleep(settings.warmup)
-        start = time.time()
         # Where each log (or HAProxy's counters) stands now: what comes after is the window.
         if settings.source == "logs":
             logs = AccessLogs(fleet, service, new + old)
         else:
             logs = HAProxyCounts(service, fleet.config, new + old)
+        # The window's clock starts once every offset is known: a slow round trip must not
+        # eat into the bake (the lines logged while it ran count, a little early).
+        start = time.time()
         deadline = start + settings.bake
         step = max(1.0, settings.bake / 4)
         extensions = 0
