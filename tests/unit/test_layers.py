@@ -146,3 +146,12 @@ def test_every_import_goes_down_the_module_map():
                 upward.append(f"{module} (layer {_layer(module)}) imports {target} "
                               f"(layer {_layer(target)})")
     assert upward == []
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports test modules by basename (rootdir-relative `pythonpath`, no
+    packages): two files of one name in tests/unit and tests/system stop the whole run
+    at collection."""
+    root = Path(__file__).resolve().parents[1]
+    names = [p.name for p in root.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
