@@ -18,17 +18,24 @@ import re
 import sys
 import traceback
 
+import getpass
+from pathlib import Path
+
 import invoke
-from fabric import Config as FabricConfig
-from fabric.main import Fab
-from invoke import Argument, Collection
+from invoke import Argument, Collection, Program
+from invoke.config import merge_dicts
 from invoke.exceptions import Exit, ParseError, UnexpectedExit
 
-from . import __version__
+from . import __version__, lazy
 from . import tasks as our_tasks
 from .booleans import FALSE as _FALSE, TRUE as _TRUE
 from .errors import DeployError, EXIT_USAGE, UsageError
-from .session import Session, attach
+
+# Loaded to execute tasks, not to list them or to parse a command line: fabric's package
+# imports paramiko and cryptography (50 ms), our library git, requests and Jinja2.
+session = lazy.module("deploytools.session")
+fabric = lazy.module("fabric")
+paramiko = lazy.module("paramiko")
 
 _CLASSIC = re.compile(r"^(?P<task>[A-Za-z_][\w.-]*):(?P<args>.*)$")
 
@@ -153,20 +160,102 @@ def merge_collections(ours: Collection, theirs: Collection) -> tuple[Collection,
     return merged, replaced
 
 
-class DeployProgram(Fab):
+class ParseConfig(invoke.Config):
+    """fabric's Config as far as parsing and listing read it: its file prefix
+    (fabric.yaml, FABRIC_*) and its `fabfile` collection name. `fabric.Config` imports
+    paramiko; the program clones this into one once it is about to run tasks."""
+    prefix = "fabric"
+
+    @staticmethod
+    def global_defaults():
+        defaults = invoke.Config.global_defaults()
+        merge_dicts(defaults, {"tasks": {"collection_name": "fabfile"}})
+        return defaults
+
+
+# fabric.main.Fab's own core flags, declared here because importing fabric.main loads
+# paramiko (tests/unit/test_cli.py checks that they match fabric's).
+FABRIC_CORE_ARGS = (
+    dict(names=("H", "hosts"), help="Comma-separated host name(s) to execute tasks against."),
+    dict(names=("i", "identity"), kind=list,
+         help="Path to runtime SSH identity (key) file. May be given multiple times."),
+    dict(names=("list-agent-keys",), kind=bool, help="Display ssh-agent key list, and exit."),
+    dict(names=("prompt-for-login-password",), kind=bool,
+         help="Request an upfront SSH-auth password prompt."),
+    dict(names=("prompt-for-passphrase",), kind=bool,
+         help="Request an upfront SSH key passphrase prompt."),
+    dict(names=("S", "ssh-config"), help="Path to runtime SSH config file."),
+    dict(names=("t", "connect-timeout"), kind=int,
+         help="Specifies default connection timeout, in seconds."),
+)
+
+
+class DeployProgram(Program):
+    """fabric's `Fab` program (its core flags, its Config, its -i/-S/-t handling) plus
+    our tasks and syntax. It is Fab's behaviour on invoke's Program rather than a
+    subclass of Fab, so that listing and parsing never import paramiko: the
+    Config becomes a `fabric.Config` in `update_config`, just before tasks run."""
+
     def __init__(self):
         super().__init__(name="deploytools", binary="deploytools", binary_names=["deploytools"],
                          version=__version__, executor_class=invoke.Executor,
-                         config_class=FabricConfig)
+                         config_class=ParseConfig)
         self._debug = False
 
     def print_version(self):
-        super().print_version()  # "deploytools X", then Paramiko's and Invoke's
-        import fabric
+        super().print_version()  # "deploytools X"
+        print(f"Paramiko {paramiko.__version__}")
+        print(f"Invoke {invoke.__version__}")
         print(f"Fabric {fabric.__version__}")
 
+    @property
+    def _remainder_only(self):  # fabric's `fab -H x -- command`: no tasks, a remainder
+        return (not self.core.unparsed and self.core.remainder
+                and not self.args.complete.value)
+
+    def no_tasks_given(self):
+        if not self._remainder_only:
+            super().no_tasks_given()
+
+    def create_config(self):
+        # As Fab: lazy, then the system/user conf files (fabric.yaml), merged.
+        self.config = self.config_class(lazy=True)
+        self.config.load_base_conf_files()
+        self.config.merge()
+
+    def update_config(self):
+        """invoke's runtime and override levels, then what Fab adds: the config becomes a
+        fabric Config (SSH config files, -S), -i identities, -t timeout, the prompts."""
+        super().update_config(merge=False)
+        self.config = self.config.clone(into=fabric.Config)
+        self.config.set_runtime_ssh_path(self.args["ssh-config"].value)
+        self.config.load_ssh_config()
+        connect_kwargs = {}
+        paths = self.args["identity"].value
+        if paths:
+            connect_kwargs["key_filename"] = paths
+            self.config._overrides["authentication"] = dict(identities=[Path(x) for x in paths])
+        timeout = self.args["connect-timeout"].value
+        if timeout:
+            connect_kwargs["timeout"] = timeout
+        if self.args["prompt-for-login-password"].value:
+            connect_kwargs["password"] = getpass.getpass(
+                "Enter login password for use with SSH auth: ")
+        if self.args["prompt-for-passphrase"].value:
+            connect_kwargs["passphrase"] = getpass.getpass(
+                "Enter passphrase for use unlocking SSH keys: ")
+        self.config._overrides["connect_kwargs"] = connect_kwargs
+        self.config.merge()
+
+    def parse_core(self, *args, **kwargs):
+        super().parse_core(*args, **kwargs)
+        if self.args["list-agent-keys"].value:
+            for key in paramiko.Agent().get_keys():
+                print(f"{key.get_bits()} {key.fingerprint} {key.comment} ({key.algorithm_name})")
+            raise Exit
+
     def core_args(self):
-        return super().core_args() + [
+        return super().core_args() + [Argument(**spec) for spec in FABRIC_CORE_ARGS] + [
             Argument(names=("json",), kind=bool,
                      help="Print one JSON event per line (for CI). Env: DEPLOYTOOLS_JSON=1."),
             Argument(names=("services",), help="Path to services.yaml (default: ./services.yaml, "
@@ -188,6 +277,9 @@ class DeployProgram(Fab):
         super().parse_tasks()
 
     def load_collection(self):
+        if self._remainder_only:  # as Fab: nothing to load for `-- command`
+            self.collection = Collection()
+            return
         ours = Collection.from_module(our_tasks, auto_dash_names=self.config.tasks.auto_dash_names)
         try:
             super().load_collection()  # the fabfile above the working directory, if any
@@ -208,18 +300,18 @@ class DeployProgram(Fab):
     def execute(self):
         json_mode = bool(self.args["json"].value) or \
             (os.environ.get("DEPLOYTOOLS_JSON") or "").lower() in _TRUE
-        session = Session(config_path=self.args["services"].value
+        session_ = session.Session(config_path=self.args["services"].value
                           or os.environ.get("DEPLOYTOOLS_CONFIG"),
                           json_mode=json_mode, debug=self._debug,
                           stage=self.args["stage"].value or os.environ.get("DEPLOYTOOLS_STAGE")
                           or None,
                           lock_wait=float(self.args["lock-wait"].value or 0))
         # In the context every task receives: ours, and the user's tasks that call ours.
-        attach(self.config, session)
+        session.attach(self.config, session_)
         try:
             super().execute()
         finally:
-            session.close()  # one connection per host for the whole command line
+            session_.close()  # one connection per host for the whole command line
 
     def run(self, argv=None, exit=True):
         try:

@@ -18,8 +18,12 @@ the command line:
 """
 from invoke import task
 
-from deploytools import monitor as monitor_mod
-from deploytools import operations, session
+from deploytools import lazy
+
+# Loaded when a task runs: listing the tasks or parsing a command line stays cheap.
+monitor_mod = lazy.module("deploytools.monitor")
+operations = lazy.module("deploytools.operations")
+session = lazy.module("deploytools.session")
 
 __all__ = ["stage", "host", "deploy", "restart", "rollback", "status", "setup", "history", "unlock",
            "smart_deploy", "plan", "migrate", "media", "monitor", "exec_"]

@@ -1,5 +1,9 @@
 """The classic Fabric 1 syntax is rewritten to invoke's, using the tasks' signatures."""
+import subprocess
+import sys
+
 import pytest
+from invoke import Program
 from invoke import Collection
 from invoke.exceptions import ParseError
 
@@ -53,3 +57,47 @@ def test_split_classic_args_escapes_commas():
 ])
 def test_extract_globals(argv, flags, hosts, rest):
     assert extract_globals(argv) == (flags, hosts, rest)
+
+
+def test_fabric_core_flags_are_fabrics_own():
+    """DeployProgram declares Fab's core flags itself (importing fabric.main loads
+    paramiko): they must stay those of the installed fabric."""
+    from fabric.main import Fab
+    from invoke import Argument
+
+    from deploytools.cli import FABRIC_CORE_ARGS
+
+    def shape(args):
+        return sorted((a.names, a.kind, a.help) for a in args)
+    invoke_own = {a.names for a in Program().core_args()}
+    fabs = [a for a in Fab().core_args() if a.names not in invoke_own]
+    assert shape(Argument(**spec) for spec in FABRIC_CORE_ARGS) == shape(fabs)
+
+
+def test_listing_and_parsing_load_no_ssh_git_http_or_templates(tmp_path):
+    """`deploytools --list` and a rejected command line stay cheap: no paramiko,
+    cryptography, fabric's connection, git, requests, Jinja2, nor our library."""
+    heavy = ["paramiko", "cryptography", "fabric.connection", "git", "requests", "jinja2",
+             "deploytools.operations", "deploytools.inventory", "deploytools.session"]
+    probe = ("import sys\nfrom deploytools.cli import DeployProgram\n"
+             "try:\n    DeployProgram().run(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)\n")
+    for argv in (["--list"], ["--help", "deploy"], ["deploy:airship,colour=red"]):
+        out = subprocess.run([sys.executable, "-c", probe, "deploytools", *argv], cwd=tmp_path,
+                             capture_output=True, text=True, check=True)
+        assert out.stderr.strip().splitlines()[-1] == "[]", (argv, out.stderr)
+
+
+def test_running_a_task_gets_fabrics_config(tmp_path, monkeypatch):
+    """Before tasks run the program's config becomes a fabric Config, with -i and -t
+    applied as fabric's own `fab` does."""
+    import fabric
+
+    from deploytools.cli import DeployProgram
+    monkeypatch.chdir(tmp_path)
+    program = DeployProgram()
+    program.execute = lambda: None
+    program.run(["deploytools", "-i", "/k/id", "-t", "7", "host", "web-0"])
+    assert isinstance(program.config, fabric.Config)
+    assert program.config.connect_kwargs == {"key_filename": ["/k/id"], "timeout": 7}
+    assert program.config.tasks.collection_name == "fabfile" and program.config.port == 22
