@@ -304,7 +304,7 @@ def test_sigterm_mid_wave_rolls_back_every_touched_host(ops):
     assert code == 1, (out, err)
     assert "every host this deploy touched was rolled back" in err, err
     assert "interrupted by SIGTERM" in err and "Traceback" not in err, err
-    assert {h: ops.current(h) for h in HOSTS} == live
+    assert {h: ops.current(h) for h in HOSTS} == live, (out, err)
     assert ops.revisions() == serving
     assert not any(ops.locks().values())
     for h in HOSTS:
@@ -332,7 +332,10 @@ def test_history_and_status_agree_with_the_hosts(ops):
     rows = {r["host"]: r for r in rows if r["event"] == "status"}
     table = ops.fab(f"status:{SVC}").stdout.splitlines()
     assert table[0].split()[:5] == ["HOST", "RELEASE", "COMMIT", "TAG", "STATE"]
-    lines = {x.split()[0]: x.split() for x in table[1:] if x.strip()}
+    # the host rows (the table is followed by the service's env line)
+    lines = {x.split()[0]: x.split() for x in table[1:]
+             if x.strip() and not x.lstrip().startswith("env:")}
+    assert [x for x in table if x.lstrip().startswith("env:")], table
     assert set(rows) == set(lines) == set(HOSTS)
     for h in HOSTS:
         commit = ops.manifest(h)["commit"]
