@@ -136,13 +136,19 @@ class Rollout:
             self._dry_classify()
         return self.planned
 
+    def _django_migrates(self) -> bool:
+        """Does this deploy (or dry run) run Django's migrate? Then its migrations are
+        listed and classified."""
+        svc = self.service
+        return svc.kind == "django" and svc.migrate and self.planned.runs("migrate")
+
     def _dry_classify(self) -> None:
         """The dry run's view of the migrations: the target commit's migrations loaded
         with the live release's virtualenv on the first host (nothing is staged).
         Sets `pending`, `migrations_note` (why none were listed) and `refusal` (the
         error a deploy would stop with, or None)."""
         svc = self.service
-        if svc.kind != "django" or not svc.migrate or not self.planned.runs("migrate"):
+        if not self._django_migrates():
             return
         first = self.fleet[self.hosts[0]]
         try:
@@ -375,7 +381,7 @@ class Rollout:
         (Django's loader, in the staged release on the first host), classify them, and
         refuse a contract that would run while old code serves (migrations.check)."""
         svc = self.service
-        if svc.kind != "django" or not svc.migrate or not self.planned.runs("migrate"):
+        if not self._django_migrates():
             return
         first = self.fleet[self.hosts[0]]
         try:
