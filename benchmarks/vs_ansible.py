@@ -126,7 +126,7 @@ def phases(events: list[dict], wall: float) -> list[tuple[str, float]]:
     """Where a deploy's time went, from its --json events (t: seconds since start)."""
     out: list[tuple[str, float]] = []
     last = 0.0
-    label_of = {"plan": "start-up, controller git fetch", "stage": "connect, lock, inspect",
+    label_of = {"plan": "controller git fetch, resolve", "stage": "connect, lock + inspect",
                 "tag": "prune, publish (production branch, tag)", "done": ""}
     wave = 0
     pending = None
@@ -144,7 +144,7 @@ def phases(events: list[dict], wall: float) -> list[tuple[str, float]]:
             pending = None
         if kind == "wave":
             wave = e.get("wave", wave + 1)
-            label = f"wave {wave}: lock note" if wave else ""
+            label = f"before wave {wave}" if wave else ""
         elif kind == "gate":
             label = f"wave {wave}: gate (bake)"
         elif kind in label_of:
@@ -154,7 +154,7 @@ def phases(events: list[dict], wall: float) -> list[tuple[str, float]]:
         if label:
             out.append((label, t - last))
         last = t
-    out.append(("history, unlock, exit", wall - last))
+    out.append(("history + prune + unlock, exit, python start-up", wall - last))
     return out
 
 
@@ -243,9 +243,9 @@ def main() -> int:
     print(f"{load()}; {os.cpu_count()} CPUs")
     results = [bench(n, args, wheels, exe if n <= args.ansible_up_to else None)
                for n in args.hosts]
-    report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    report(results)
     return 0
 
 

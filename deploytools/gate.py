@@ -4,21 +4,20 @@ Counts come from each host's gunicorn access log over the window (real user
 traffic) plus the tool's own probes (a failed connection is an error). The
 probe path is left out of the log counts so probes are not counted twice.
 
-The window is whole seconds, [start, end), for both sources: access-log
-times have one-second resolution, so a window that began mid-second would
-count the end of the warm-up (log times are the hosts' clocks: keep them in
-sync, as NTP does). Each check reads the logs from the byte each one had
-reached when the wave's warm-up began, not a fixed tail, which a busy host
-outgrows. An access log that cannot be read fails the gate: no evidence is
-not evidence of health.
+The window opens when the warm-up ends and lasts `bake` seconds, to the
+fraction (no rounding to whole seconds). Its log evidence is every line after
+the byte each host's log had reached when the window opened, up to the read:
+the window is cut by offsets, not by the lines' one-second timestamps, so
+the warm-up is never counted, a host's clock does not matter, and a busy host
+cannot outgrow a fixed tail. The probes count over the same [start, end). An
+access log that cannot be read fails the gate: no evidence is not evidence of
+health.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
-from datetime import datetime, timezone
 
 import requests
 
@@ -102,15 +101,12 @@ class AccessLogs:
                                 HealthGateFailed)
         return out
 
-    def counts(self, names, start: int, end: int) -> dict[str, health.Counts]:
-        """Each host's errors and requests logged in [start, end), probes (the health path)
-        excluded."""
-        begin = datetime.fromtimestamp(start, timezone.utc)
-        finish = datetime.fromtimestamp(end, timezone.utc)
+    def counts(self, names) -> dict[str, health.Counts]:
+        """Each host's errors and requests logged since the window opened (the offsets),
+        probes (the health path) excluded."""
         texts = self._run(names, lambda t, path: log_read_script(path, self.offsets[t.name]),
                           "reading")
-        return {n: health.count_window(text.splitlines(), begin, finish,
-                                       exclude_paths=(self.service.health.path,))
+        return {n: health.count_lines(text.splitlines(), exclude_paths=(self.service.health.path,))
                 for n, text in texts.items()}
 
 
@@ -131,7 +127,7 @@ class HAProxyCounts:
             raise HealthGateFailed("cannot read HAProxy's counters, so the gate has no "
                                    f"evidence: {e}") from None
 
-    def counts(self, names, start=None, end=None) -> dict[str, health.Counts]:
+    def counts(self, names) -> dict[str, health.Counts]:
         now = self._read(list(names))
         out = {}
         for n in names:
@@ -163,37 +159,37 @@ def bake(fleet, service, new: list[str], old: list[str], say) -> health.Verdict:
     hosts = {n: fleet[n].host for n in new + old}
     prober = Prober(service, hosts, settings.probe_interval).start()
     try:
-        began = time.time()
-        # Where each log stands now: lines after it that fall in the window are counted.
+        time.sleep(settings.warmup)
+        # Where each log (or HAProxy's counters) stands now: what comes after is the window.
         if settings.source == "logs":
             logs = AccessLogs(fleet, service, new + old)
-        time.sleep(max(0.0, settings.warmup - (time.time() - began)))
-        # Whole seconds (see the module docstring); the bake is rounded up to them.
-        start = math.ceil(time.time())
-        if settings.source == "haproxy":  # its counters from now on (lb.py)
+        else:
             logs = HAProxyCounts(service, fleet.config, new + old)
-        deadline = start + math.ceil(settings.bake)
+        # The window's clock starts once every offset is known: a slow round trip must not
+        # eat into the bake (the lines logged while it ran count, a little early).
+        start = time.time()
+        deadline = start + settings.bake
         step = max(1.0, settings.bake / 4)
         extensions = 0
         while True:
             time.sleep(max(0.0, min(time.time() + step, deadline) - time.time()))
-            now = time.time()
-            final = now >= deadline
-            end = math.floor(now)
-            log = logs.counts(new + old, start, end)
+            end = time.time()
+            final = end >= deadline
+            log = logs.counts(new + old)
             probes = {n: prober.counts([n], start, end) for n in new + old}
             c = pool(log, new) + pool(probes, new)
             b = pool(log, old) + pool(probes, old) if old else None
             verdict = health.judge(c, b, settings, final=final)
             verdict = dataclasses.replace(verdict, figures={
-                **verdict.figures, "window": [start, end], "hosts": per_host(log, probes)})
+                **verdict.figures, "window": [round(start, 3), round(end, 3)],
+                "hosts": per_host(log, probes)})
             if verdict.outcome == "fail":
                 return verdict
             if final:
                 action = health.next_step(verdict, extensions, settings)
                 if action == "extend":
                     extensions += 1
-                    deadline += math.ceil(settings.bake)
+                    deadline += settings.bake
                     say("gate_extend", f"    inconclusive, extending the bake ({verdict.reason})",
                         figures=verdict.figures)
                     continue

@@ -347,6 +347,19 @@ def _excluded(path: str, exclude_paths: tuple) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in exclude_paths)
 
 
+def count_lines(lines: Iterable[str], exclude_paths: tuple = ()) -> Counts:
+    """Requests in these access-log lines and how many of them were 5xx (the lines of a
+    window cut by byte offsets); `exclude_paths` as in `count_window`."""
+    errors = requests = 0
+    for line in lines:
+        record = parse_access_line(line)
+        if record is None or _excluded(record.path, exclude_paths):
+            continue
+        requests += 1
+        errors += record.status >= 500
+    return Counts(errors, requests)
+
+
 def count_window(lines: Iterable[str], start: datetime, end: datetime,
                  exclude_paths: tuple = ()) -> Counts:
     """Requests logged in [start, end) and how many of them were 5xx.

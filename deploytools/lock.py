@@ -113,12 +113,25 @@ def staleness(holder: dict, *, machine: str | None = None, alive=pid_alive) -> s
     return None
 
 
-def acquire_script(path: str, record: str) -> str:
-    """Take the lock at `path`, or print who holds it and their heartbeat's age.
+def acquire_script(path: str, record: str, then: str = "") -> str:
+    """Take the lock at `path`, or print who holds it and their heartbeat's age; once
+    taken, run the program `then` (what the caller reads under the lock: one round trip).
 
-    Prints `@@lock acquired`, or `@@lock held`, `@@age SECONDS`, `@@holder RECORD`."""
-    return render.render_script("lock_acquire.sh.j2", path=path, record=record,
-                                lock_dir=os.path.dirname(path))
+    Prints `@@lock acquired` and what `then` prints, or `@@lock held`, `@@age SECONDS`,
+    `@@holder RECORD`."""
+    script = render.render_script("lock_acquire.sh.j2", path=path, record=record,
+                                  lock_dir=os.path.dirname(path))
+    return script + (f'if [ -n "$LOCK_ACQUIRED" ]; then\n(\n{then.rstrip()}\n)\nfi\n'
+                     if then else "")
+
+
+def guarded(program: str, step: str) -> str:
+    """`program` as a step that may fail without stopping the program around it: a
+    subshell, still under `set -e` (not `( ... ) || x`, in which bash ignores -e inside
+    the subshell, so a failed `cd` would not stop what follows it). A failure prints
+    `@@step_failed STEP`."""
+    return (f"set +e\n(\nset -e\n{program.rstrip()}\n)\nstep_rc=$?\nset -e\n"
+            f"[ \"$step_rc\" = 0 ] || echo {render.shquote('@@step_failed ' + step)}\n")
 
 
 def heartbeat_script(path: str, token: str) -> str:
@@ -175,13 +188,18 @@ class FleetLock:
     `say(kind, message, **fields)` reports a takeover of a stale lock; the
     takeovers are kept in `taken_over` for the history."""
 
-    def __init__(self, fleet, service, action: str, *, wait: float = 0, say=None):
+    def __init__(self, fleet, service, action: str, *, wait: float = 0, say=None,
+                 then=None):
         self.fleet = fleet
         self.service = service
         self.owner = owner_record(action)
         self.wait = wait
         self.say = say or (lambda kind, message, **fields: None)
         self.held: list[str] = []
+        # then(target) -> a program run on each host as soon as its lock is ours, in the
+        # same round trip; what it printed is in `outputs` (host -> stdout).
+        self.then = then
+        self.outputs: dict[str, str] = {}
         self.taken_over: list[dict] = []
         self.interval = self.owner["heartbeat"]
         self._stop = threading.Event()
@@ -218,8 +236,21 @@ class FleetLock:
         self._beat.start()
 
     def _take_over(self, holder: dict, why: str) -> None:
-        """Break a dead deploy's lock on every host that still has it, and say so loudly."""
+        """Break a dead deploy's lock on every host that still has it, and say so loudly
+        (with the furthest wave any host's lock noted: a deploy killed while noting a
+        wave may have reached only some hosts)."""
         stale_id = holder["id"]
+        outs, _ = each(list(self.fleet), lambda t: t.run(
+            remove_lock_script(self._path(t), stale_id),
+            what="breaking a stale deploy lock").stdout, parallel=self.service.parallel)
+        waves = [holder.get("wave") or 0]
+        for out in outs.values():
+            try:
+                waves.append(int(json.loads(facts(out).get("removed") or "{}").get("wave") or 0))
+            except (ValueError, TypeError, AttributeError):
+                pass
+        if max(waves):
+            holder = dict(holder, wave=max(waves))
         if all(h.get("id") != stale_id for h in self.taken_over):
             self.taken_over.append(dict(holder, stale=why))
             reached = f", it had reached wave {holder['wave']}" if holder.get("wave") else ""
@@ -228,9 +259,6 @@ class FleetLock:
                      f"({why}): {describe_holder(holder)}{reached}. The fleet it left may be "
                      "mixed: check `deploytools status` (a plain `deploytools rollback` returns every host to "
                      "one release).", holder=holder, stale=why)
-        each(list(self.fleet), lambda t: t.run(remove_lock_script(self._path(t), stale_id),
-                                               what="breaking a stale deploy lock"),
-             parallel=8)
 
     def _refuse(self, holder: dict, stale: str | None) -> None:
         name = self.service.name
@@ -246,26 +274,48 @@ class FleetLock:
             f"(or break it now with: deploytools unlock:{name},force=true)")
 
     def _try(self) -> dict | None:
+        """One attempt: the first host of the service's order alone (two deploys of one
+        service meet there, and only one gets further), then all the others at once.
+        Any host held by someone else releases what was taken and returns its holder."""
         record = json.dumps(self.owner)
-        for target in self.fleet:
-            r = target.run(acquire_script(self._path(target), record), what="taking the deploy lock")
-            holder = parse_holder(r.stdout)
-            if holder is None:
-                self.held.append(target.name)
-                continue
-            self.release()
-            holder["host"] = target.name
-            return holder
+        self.outputs = {}
+
+        def take(target):
+            then = self.then(target) if self.then else ""
+            return target.run(acquire_script(self._path(target), record, then),
+                              what="taking the deploy lock").stdout
+        targets = list(self.fleet)
+        for group in (targets[:1], targets[1:]):
+            outs, errors = each(group, take, parallel=self.service.parallel)
+            holders = []
+            for target in group:  # in order: `held` is released in reverse
+                if target.name not in outs:
+                    continue
+                holder = parse_holder(outs[target.name])
+                if holder is None:
+                    self.held.append(target.name)
+                    self.outputs[target.name] = outs[target.name]
+                else:
+                    holders.append(dict(holder, host=target.name))
+            if errors or holders:
+                self.release()
+                if errors:
+                    raise next(errors[t.name] for t in group if t.name in errors)
+                return holders[0]
         return None
 
     def note(self, **progress) -> None:
         """Record progress (e.g. wave=2) in the lock, so whoever finds it after a
         crash knows how far this deploy got. Best effort."""
         self.owner.update(progress)
-        record = json.dumps(self.owner)
         each([self.fleet[n] for n in self.held],
-             lambda t: t.run(note_script(self._path(t), self.owner["id"], record), check=False,
-                             what="noting progress in the lock"), parallel=8)
+             lambda t: t.run(self.note_program(t), check=False,
+                             what="noting progress in the lock"), parallel=self.service.parallel)
+
+    def note_program(self, target, **progress) -> str:
+        """The program that records `progress` in our lock on `target`."""
+        self.owner.update(progress)
+        return note_script(self._path(target), self.owner["id"], json.dumps(self.owner))
 
     def _heartbeat(self) -> None:
         def beat(t):
@@ -275,7 +325,11 @@ class FleetLock:
             # A missed beat (a host briefly unreachable) is not worth failing a deploy for.
             each([self.fleet[n] for n in self.held], beat, parallel=8)
 
-    def release(self) -> None:
+    def release(self, before=None) -> dict[str, str]:
+        """Stop the heartbeat and remove our lock on every host, in reverse order; with
+        `before(target) -> program`, run that program first in the same round trip (the
+        history line, the pruning: a failure there never keeps the lock). Returns each
+        host's output."""
         self._stop.set()
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join(timeout=10)
@@ -283,10 +337,15 @@ class FleetLock:
 
         def drop(target):
             if target.name in self.held:
-                target.run(remove_lock_script(self._path(target), self.owner["id"]),
-                           check=False, what="releasing the deploy lock")
-        each([self.fleet[n] for n in reversed(self.held)], drop, parallel=8)
+                first = guarded(before(target), "before_unlock") if before else ""
+                return target.run(first + remove_lock_script(self._path(target),
+                                                             self.owner["id"]),
+                                  check=False, what="releasing the deploy lock").stdout
+            return ""
+        outs, _ = each([self.fleet[n] for n in reversed(self.held)], drop,
+                       parallel=self.service.parallel)
         self.held.clear()
+        return outs
 
     def __enter__(self):
         self.acquire()

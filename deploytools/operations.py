@@ -16,7 +16,7 @@ from .config import secrets
 from .errors import (ConfigError, DeployError, LockedError, RestoreFailed, UsageError,
                      errors_text)
 from .hooks import Hooks
-from .hoststate import commit_of, fleet_rollback_target, inspect_all
+from .hoststate import commit_of, fleet_rollback_target, inspect_all, inspect_script, parse_inspect
 from .inventory import each
 from .probe import probe
 from .rollout import Rollout, now_iso
@@ -25,9 +25,9 @@ from .script import facts
 from .vcs import ServiceRepo
 
 
-def _lock(session, fleet, service, action: str) -> lock_mod.FleetLock:
+def _lock(session, fleet, service, action: str, *, then=None) -> lock_mod.FleetLock:
     return lock_mod.FleetLock(fleet, service, action, wait=session.lock_wait,
-                              say=session.reporter.event)
+                              say=session.reporter.event, then=then)
 
 
 def _service_and_hosts(session, name: str):
@@ -371,9 +371,13 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
     started = time.monotonic()
     with signals.terminating(), session.fleet(hosts) as fleet:
         # The lock first: a state read before it could be changed by the deploy we wait for.
-        lock = _lock(session, fleet, service, "rollback")
-        with lock:
-            states = inspect_all(service, fleet)
+        # Each host's state is read in the round trip that takes its lock.
+        lock = _lock(session, fleet, service, "rollback",
+                     then=lambda t: inspect_script(service, service.dir_on(t.host)))
+        lock.acquire()
+        errors: dict = {}
+        try:
+            states = {h: parse_inspect(lock.outputs[h], service.name) for h in hosts}
             targets = _rollback_targets(service, states, to, report)
             record = {"service": service.name, "action": "rollback", "hosts": hosts,
                       "started": now_iso(), "user": lock.owner["user"], "job": lock.owner["job"],
@@ -417,6 +421,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
                                      f"deploytools rollback:{service.name},migrate=true",
                                      migrations=delta)
             with lb.connect(service, session.config) as balancer:
+                # Every host at once (up to `parallel`).
                 _, errors = each(fleet, back, parallel=service.parallel)
             record["outcome"] = "unrestored" if errors else "success"
             restored = [h for h in hosts if h in targets and h not in errors]
@@ -433,7 +438,7 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
                 record["hook_failures"] = failures
             record["duration"] = round(time.monotonic() - started, 2)
 
-            def write(t):
+            def write(t):  # the history line, sent with the lock's release
                 st = states[t.name]
                 to_release = targets.get(t.name, st.current)
                 rec = dict(record, host=t.name, from_release=st.current,
@@ -441,8 +446,10 @@ def rollback(session, name: str, to: str | None = None, *, migrate: bool = False
                            release=to_release,
                            commit=commit_of(to_release) if to_release else None,
                            error=str(errors[t.name]) if t.name in errors else None)
-                t.run(lock_mod.history_append_script(service.dir_on(t.host), rec), check=False)
-            each(fleet, write, parallel=service.parallel)
+                return lock_mod.history_append_script(service.dir_on(t.host), rec)
+            lock.release(before=write)
+        finally:
+            lock.release()  # after an error above (a second release does nothing)
         if errors:
             raise RestoreFailed("rollback failed on some hosts; a human must look:\n"
                                 + errors_text(errors))
@@ -460,13 +467,11 @@ def restart(session, name: str, *, hard: bool = False) -> None:
         states = inspect_all(service, fleet)
 
         def go(t):
-            d = service.dir_on(t.host)
             current = states[t.name].current
             with lb.around_activation(balancer, service, t, current,
                                       restart=hard or service.reload_signal == "restart",
                                       say=report.event):
-                t.run(releases.reload_script(service, d, hard=hard), what="restarting")
-                releases.wait_ready(service, t, current)
+                releases.reload_ready(service, t, current, hard=hard)
             report.event("restarted", f"  {t.name}: {'restarted' if hard else 'reloaded'} "
                                       f"{current}", host=t.name, release=current)
         with lb.connect(service, session.config) as balancer:

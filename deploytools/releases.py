@@ -133,6 +133,22 @@ def wait_ready_script(service, dir: str, release: str, timeout: float) -> str:
                                 timeout=int(timeout), check_workers=service.kind != "command")
 
 
+def activate_ready_script(service, dir: str, release: str, *,
+                          force_restart: bool = False) -> str:
+    """`activate_script` then `wait_ready_script` as one program: one round trip, and
+    the host itself reports when its processes serve `release` (no polling from here).
+
+    Prints the facts of both: `@@previous`, `@@mode`, then `@@ready WORKERS`."""
+    return (activate_script(service, dir, release, force_restart=force_restart)
+            + wait_ready_script(service, dir, release, ready_timeout(service)))
+
+
+def ready_timeout(service) -> float:
+    """How long the new processes may take to serve: a health timeout plus the old
+    workers' graceful exit."""
+    return service.health.timeout + service.graceful_timeout
+
+
 def reload_script(service, dir: str, *, hard: bool) -> str:
     """Restart (hard) or gracefully reload the live release."""
     return render.render_script("reload.sh.j2", service=service, dir=dir, hard=hard,
@@ -235,26 +251,37 @@ def read_migrations_script(dir: str, releases_: list[str]) -> str:
 
 
 def switch(service, t, release: str, *, force_restart: bool = False) -> str:
-    """Swap `current` to `release` on target `t` and reload or restart onto it.
-    Returns the mode: reload, restart or start."""
+    """Swap `current` to `release` on target `t` and reload or restart onto it, without
+    waiting for readiness. Returns the mode: reload, restart or start."""
     r = t.run(activate_script(service, service.dir_on(t.host), release,
                               force_restart=force_restart), what=f"activating {release}")
     return facts(r.stdout).get("mode", "?")
 
 
 def activate(service, t, release: str, *, force_restart: bool = False) -> str:
-    """Make `release` live on target `t` and wait until it serves it (readiness:
-    every worker on the new release, then the health probe). Returns the mode."""
-    mode = switch(service, t, release, force_restart=force_restart)
-    wait_ready(service, t, release)
-    return mode
+    """Make `release` live on target `t` and wait until it serves it, in one round
+    trip (readiness: every worker on the new release, reported by the host), then
+    the health probe from here. Returns the mode."""
+    r = t.run(activate_ready_script(service, service.dir_on(t.host), release,
+                                    force_restart=force_restart),
+              what=f"activating {release} and waiting for its processes")
+    wait_healthy(service, t.host, service.health.timeout)
+    return facts(r.stdout).get("mode", "?")
 
 
 def wait_ready(service, t, release: str) -> None:
     """Wait until `release`'s processes run on `t` and its health probe passes."""
-    timeout = service.health.timeout + service.graceful_timeout
-    t.run(wait_ready_script(service, service.dir_on(t.host), release, timeout),
+    t.run(wait_ready_script(service, service.dir_on(t.host), release, ready_timeout(service)),
           what="waiting for the new processes")
+    wait_healthy(service, t.host, service.health.timeout)
+
+
+def reload_ready(service, t, release: str, *, hard: bool) -> None:
+    """Reload (or restart) the live release, `release`, and wait until it serves: one
+    round trip (the host reports readiness), then the health probe."""
+    d = service.dir_on(t.host)
+    t.run(reload_script(service, d, hard=hard)
+          + wait_ready_script(service, d, release, ready_timeout(service)), what="restarting")
     wait_healthy(service, t.host, service.health.timeout)
 
 

@@ -19,7 +19,7 @@ from .errors import (ConfigError, ConnectionFailed, DeployError, HealthGateFaile
                      PostDeployFailed, PublishFailed, RestoreFailed, StagingFailed, UsageError,
                      errors_text, fleet_failure)
 from .hooks import HookFailed, Hooks
-from .hoststate import inspect_all
+from .hoststate import inspect_all, inspect_script, parse_inspect
 from .inventory import Target, each
 from . import plan as plan_mod
 from .script import fact_list, facts, write_file
@@ -192,8 +192,10 @@ class Rollout:
                  commit=commit, release=self.release, hosts=self.hosts)
         with signals.terminating(), self.session.fleet(self.hosts) as fleet:
             self.fleet = fleet
-            self.lock = lock = lock_mod.FleetLock(fleet, svc, self.action,
-                                                  wait=self.session.lock_wait, say=self.say)
+            # Each host's state is read in the round trip that takes its lock.
+            self.lock = lock = lock_mod.FleetLock(
+                fleet, svc, self.action, wait=self.session.lock_wait, say=self.say,
+                then=lambda t: inspect_script(svc, self.dir(t)))
             self.record["user"] = lock.owner["user"]
             self.record["job"] = lock.owner["job"]
             try:
@@ -232,8 +234,7 @@ class Rollout:
                 raise
             finally:
                 self.record["duration"] = round(time.monotonic() - self.started, 2)
-                self._write_history()
-                lock.release()
+                self._finish()
         return outcome
 
     def _on_failure(self, error: str) -> None:
@@ -247,7 +248,7 @@ class Rollout:
 
     def _locked(self, repo) -> dict:
         svc = self.service
-        self._inspect()
+        self._inspect(self.lock.outputs)
         self._refuse_rejected()
         self.planned = self._plan(repo)
         self._check_migrations(repo)  # Alembic's, read from the repository: nothing touched yet
@@ -295,7 +296,6 @@ class Rollout:
                 f"wave {i} ({', '.join(wave)}) failed, and every host this deploy touched "
                 f"was rolled back:\n{reason}") from None
         self._post_deploy()
-        self._prune()
         tag = None
         if self.publishes:
             tag = self._publish(repo)
@@ -345,8 +345,10 @@ class Rollout:
         self.say("tag", f"{svc.production_branch} -> {self.commit[:7]}, tagged {tag}", tag=tag)
         return tag
 
-    def _inspect(self) -> None:
-        states = inspect_all(self.service, self.fleet)
+    def _inspect(self, outputs: dict[str, str] | None = None) -> None:
+        """The hosts' states: from what the lock's round trip read (`outputs`), or read now."""
+        states = ({n: parse_inspect(outputs[n], self.service.name) for n in self.hosts}
+                  if outputs else inspect_all(self.service, self.fleet))
         self.states = states
         for name, st in states.items():
             self.runs[name].previous = st.current
@@ -631,12 +633,11 @@ class Rollout:
             # only once it serves the new release (lb.py).
             with lb.around_activation(balancer, svc, t, self.release, say=self.say):
                 run.activated = True  # from here on, `current` may have moved
-                try:
-                    mode = releases.switch(svc, t, self.release)
+                try:  # one round trip: switch, reload, and the host says when it is ready
+                    mode = releases.activate(svc, t, self.release)
                 except ConnectionFailed as e:
                     run.activated = e.delivered  # never sent: the host is as it was
                     raise
-                releases.wait_ready(svc, t, self.release)
             run.steps.append(f"activate_{mode}")
             self.say("activated", f"  {t.name}: serving {self.release} ({mode})", host=t.name,
                      mode=mode)
@@ -661,35 +662,32 @@ class Rollout:
             raise HealthGateFailed(f"error-rate gate after wave {i} failed: {verdict.reason}")
 
     def _roll_back_all(self, reason: str, *, reject: bool = True) -> None:
-        """Return every activated host to its previous release, in reverse wave order;
+        """Return every activated host to its previous release, all at once;
         with `reject`, mark the release so a later deploy of it needs force=true."""
         touched = [h for h in reversed(self.hosts) if self.runs[h].activated]
         self.say("rollback", f"rolling back {', '.join(touched)}: {reason.splitlines()[0]}",
                  hosts=touched)
-        failed: dict[str, BaseException] = {}
         with lb.connect(self.service, self.config) as balancer:
-            for name in touched:
-                t = self.fleet[name]
-                try:
-                    # A drained host returns to the pool only once restored and healthy.
-                    with lb.around_activation(balancer, self.service, t,
-                                              self.runs[name].previous, say=self.say):
-                        releases.restore(self.service, t, self.runs[name].previous)
-                    if reject:
-                        t.run(releases.mark_rejected_script(self.dir(t), self.release),
-                              check=False)
-                    self.say("restored", f"  {name}: back on "
-                                         f"{self.runs[name].previous or 'nothing'}", host=name)
-                except DeployError as e:
-                    failed[name] = e
-        for name in self.hosts if reject else ():
-            if not self.runs[name].activated:
-                t = self.fleet[name]
-                try:  # best effort: the mark only spares a later deploy the same gate
-                    t.run(releases.mark_rejected_script(self.dir(t), self.release), check=False)
-                except DeployError as e:
-                    self.say("warning", f"  {name}: could not mark {self.release} rejected: "
-                                        f"{e.message}", host=name)
+            def restore(t):
+                # A drained host returns to the pool only once restored and healthy.
+                with lb.around_activation(balancer, self.service, t,
+                                          self.runs[t.name].previous, say=self.say):
+                    releases.restore(self.service, t, self.runs[t.name].previous)
+                if reject:
+                    t.run(releases.mark_rejected_script(self.dir(t), self.release),
+                          check=False)
+                self.say("restored", f"  {t.name}: back on "
+                                     f"{self.runs[t.name].previous or 'nothing'}", host=t.name)
+            # Every touched host at once (up to `parallel`): a rollback of N hosts takes
+            # about the time of one.
+            _, failed = self.parallel([self.fleet[n] for n in touched], restore)
+        untouched = [self.fleet[n] for n in self.hosts if reject and not self.runs[n].activated]
+        # Best effort: the mark only spares a later deploy the same gate.
+        _, unmarked = self.parallel(untouched, lambda t: t.run(
+            releases.mark_rejected_script(self.dir(t), self.release), check=False))
+        for name, e in unmarked.items():
+            self.say("warning", f"  {name}: could not mark {self.release} rejected: "
+                                f"{getattr(e, 'message', e)}", host=name)
         self.record["rolled_back"] = touched
         if failed:
             self.record["outcome"] = "unrestored"
@@ -702,20 +700,37 @@ class Rollout:
                 f"the deploy failed ({reason.splitlines()[0]}) and these hosts could not be "
                 f"restored; a human must look:\n{errors_text(failed)}")
 
-    def _prune(self) -> None:
-        def prune(t):
-            keep_prev = self.runs[t.name].previous
-            r = t.run(releases.prune_script(self.dir(t), self.service.keep_releases,
-                                            [keep_prev]), what="pruning old releases")
-            return fact_list(r.stdout, "pruned")
-        pruned, errors = self.parallel(self.fleet, prune)
-        for name, err in errors.items():
-            self.say("warning", f"  {name}: pruning failed (the deploy is fine): {err}", host=name)
+    def _finish(self) -> None:
+        """One round trip per host at the end: the history line, pruning (after a
+        release went live), and the lock's release, which happens even when the others
+        fail."""
+        self._steps_for_history()
+        live = self.record.get("outcome") in ("success", "live_unpublished")
 
-    def _write_history(self) -> None:
+        def program(t):
+            run = self.runs[t.name]
+            rec = dict(self.record, host=t.name, from_release=run.previous,
+                       from_commit=run.previous_commit, steps=run.steps)
+            out = lock_mod.guarded(lock_mod.history_append_script(self.dir(t), rec), "history")
+            if live:
+                out += lock_mod.guarded(releases.prune_script(
+                    self.dir(t), self.service.keep_releases, [run.previous]), "prune")
+            return out
+        outs = self.lock.release(before=program)
+        for name, out in outs.items():
+            failed = [f for f in fact_list(out, "step_failed") if f != "before_unlock"]
+            if failed:
+                self.say("warning", f"  {name}: {' and '.join(failed)} failed (the deploy "
+                                    "itself is not affected)", host=name, failed=failed)
+
+    def _steps_for_history(self) -> None:
         # `steps` is what ran on that host; `all_steps` what ran anywhere in this deploy.
         self.record["all_steps"] = list(dict.fromkeys(
             step for run in self.runs.values() for step in run.steps))
+
+    def _write_history(self) -> None:
+        """The history line alone, on every host (a deploy that could not take the lock)."""
+        self._steps_for_history()
 
         def write(t):
             run = self.runs[t.name]

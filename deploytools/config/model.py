@@ -527,8 +527,8 @@ class Service(Declared):
     pip_args: str = setting(
         STR, "", single_line,
         "Extra arguments for `pip install`, e.g. `--index-url https://...`.", defaultable=True)
-    parallel: int = setting(INT, 8, at_least(1), "Most hosts worked on at once.",
-                            defaultable=True)
+    parallel: int = setting(INT, 32, at_least(1), "Most hosts worked on at once (a thread "
+                            "and an SSH connection each, on the controller).", defaultable=True)
     templates: str | None = setting(  # absolute once loaded; searched before ours
         PATH, None, nonblank,
         "Directory of your own templates (relative to services.yaml): a file there replaces "

@@ -202,3 +202,48 @@ def test_history_row_shows_steps_and_gate_figures():
                    "steps": "fetch,venv_reused,activate_reload",
                    "gates": "1:pass 0/120 vs 1/360; 2:inconclusive 0/40"}
     assert history_row({"action": "rollback", "commit": "abc1234", "host": "web-2"})["hosts"] == "web-2"
+
+
+def test_then_runs_under_the_lock_in_the_same_round_trip_and_release_runs_before(setup):
+    """Issue 13: what a deploy reads under the lock comes back with it (one round trip),
+    and the history line goes with the unlock, which happens even when it fails."""
+    service, fleet, tmp = setup
+    lock = FleetLock(fleet, service, "deploy",
+                     then=lambda t: f"echo '@@seen {t.name}'; test -f {lock_file(tmp, t.name)}")
+    lock.acquire()
+    assert {h: out.splitlines()[-1] for h, out in lock.outputs.items()} == \
+        {"h0": "@@seen h0", "h1": "@@seen h1"}
+    outs = lock.release(before=lambda t: f"echo '@@before {t.name}'\nfalse\necho never")
+    for h in ("h0", "h1"):
+        assert not lock_file(tmp, h).exists()
+        assert f"@@before {h}" in outs[h] and "never" not in outs[h]
+        assert "@@step_failed before_unlock" in outs[h] and "@@unlocked" in outs[h]
+    # Held elsewhere: `then` never runs there, and nothing of ours is left.
+    other = FleetLock(Fleet(fleet.config, ["h1"]), service, "deploy")
+    other.acquire()
+    try:
+        lock = FleetLock(fleet, service, "deploy", then=lambda t: "echo '@@then ran'")
+        with pytest.raises(LockedError):
+            lock.acquire()
+        assert not lock_file(tmp, "h0").exists() and "h1" not in lock.outputs
+    finally:
+        other.release()
+
+
+def test_a_takeover_reports_the_furthest_wave_any_host_noted(setup):
+    """Each wave notes itself on its own hosts only: the takeover reads every host's."""
+    service, fleet, tmp = setup
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = FleetLock(fleet, service, "deploy").owner
+    holder.update(pid=dead.pid, proc_start=None, user="carol", wave=1)
+    for h, wave in (("h0", 1), ("h1", 3)):
+        lock_file(tmp, h).parent.mkdir(parents=True, exist_ok=True)
+        lock_file(tmp, h).write_text(json.dumps(dict(holder, wave=wave)) + "\n")
+    said = []
+    lock = FleetLock(fleet, service, "deploy", say=lambda kind, message, **f: said.append(message))
+    lock.acquire()
+    try:
+        assert "reached wave 3" in said[0] and lock.taken_over[0]["wave"] == 3
+    finally:
+        lock.release()

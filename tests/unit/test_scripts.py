@@ -98,6 +98,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
         for force in (False, True):
             out[f"activate:{k}:{force}"] = releases.activate_script(s, d, v, force_restart=force)
         out[f"wait_ready:{k}"] = releases.wait_ready_script(s, d, v, 12.5)
+        out[f"activate_ready:{k}"] = releases.activate_ready_script(s, d, v)
         for hard in (False, True):
             out[f"reload:{k}:{hard}"] = releases.reload_script(s, d, hard=hard)
         out[f"stop:{k}"] = releases.stop_script(s, d)
@@ -123,6 +124,10 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
         cfg.service("skiff"), host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33,
         {"ref": v}, locked=f"# {v}\nflask==3.1.3 --hash=sha256:{'a' * 64}\n")
     out["lock_acquire"] = lock.acquire_script(d + "/.lock", json.dumps(dict(record, user=v)))
+    out["lock_acquire:inspect"] = lock.acquire_script(
+        d + "/.lock", json.dumps(record), hoststate.inspect_script(cfg.service("air"), d))
+    out["guarded"] = lock.guarded(lock.history_append_script(d, {"v": v}), "history") + \
+        lock.guarded(releases.prune_script(d, 3, [v]), "prune")
     out["lock_heartbeat"] = lock.heartbeat_script(d + "/.lock", record["id"])
     out["lock_remove:ours"] = lock.remove_lock_script(d + "/.lock", record["id"])
     out["lock_note"] = lock.note_script(d + "/.lock", record["id"], json.dumps(dict(record, wave=v)))
