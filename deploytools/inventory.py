@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
+from . import signals
 from .errors import ConnectionFailed, DeployError, RemoteCommandError
 
 # paramiko logs a failed handshake (with a traceback) through logging's last-resort
@@ -591,11 +592,20 @@ def each(targets: Iterable[Target], fn: Callable[[Target], T], *, parallel: int 
     errors: dict[str, BaseException] = {}
     if not targets:
         return results, errors
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets)))) as pool:
-        futures = {t.name: pool.submit(fn, t) for t in targets}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets))))
+    try:
+        # Ctrl-C or SIGTERM (signals.terminating) is held while the threads start: one
+        # raised inside Thread.start() leaves a running thread the pool never joins, still
+        # activating its host while the rollback restores that host.
+        with signals.held():
+            futures = {t.name: pool.submit(fn, t) for t in targets}
         for name, fut in futures.items():
             try:
                 results[name] = fut.result()
             except (DeployError, Exception) as e:  # noqa: B014 - keep DeployError explicit
                 errors[name] = e
+    finally:
+        # Interrupted or not, return only when every started call has ended (the caller's
+        # view of what was done must be final); calls not started yet never start.
+        pool.shutdown(wait=True, cancel_futures=True)
     return results, errors

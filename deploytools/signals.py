@@ -6,6 +6,11 @@ SIGINT) raises `Interrupted` in the main thread, where the deploy driver turns
 it into a rollback of every touched host, a history record and an unlocked
 fleet. Any further signal while that cleanup runs is reported and ignored:
 a second Ctrl-C must not abandon a half-done rollback or leave the lock behind.
+
+`held()` keeps the first signal back while a block runs (raised as it ends):
+`inventory.each` starts its threads inside it, because an exception raised in
+the middle of starting a thread leaves a thread that nobody waits for, which
+would then go on changing its host while the rollback restores it.
 """
 from __future__ import annotations
 
@@ -15,6 +20,13 @@ import threading
 from contextlib import contextmanager
 
 from .errors import Interrupted
+
+class _Hold(threading.local):
+    depth = 0
+
+
+_hold = _Hold()  # per thread: only the main thread's count matters to the handler
+_pending: list[str] = []  # a signal that arrived while the main thread held signals
 
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
                 if s is not None)
@@ -37,6 +49,9 @@ def terminating():
             sys.stderr.flush()
             return
         fired.append(name)
+        if _hold.depth:  # the handler runs in the main thread: its own count
+            _pending.append(name)
+            return
         raise Interrupted(name)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
@@ -45,3 +60,19 @@ def terminating():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def held():
+    """Run the block with a terminating signal held back: it is raised (as
+    `Interrupted`) once the block is over, never from inside it. Nests; a no-op
+    outside the main thread, where signals are never raised anyway."""
+    _hold.depth += 1
+    try:
+        yield
+    finally:
+        _hold.depth -= 1
+        if not _hold.depth and _pending and threading.current_thread() is threading.main_thread():
+            name = _pending.pop()
+            _pending.clear()
+            raise Interrupted(name)

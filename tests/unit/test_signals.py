@@ -1,11 +1,15 @@
 """SIGTERM/SIGHUP are handled like Ctrl-C, and a second signal never interrupts the cleanup."""
 import os
 import signal
+import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from deploytools.errors import Interrupted
-from deploytools.signals import terminating
+from deploytools.inventory import each
+from deploytools.signals import held, terminating
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
@@ -38,3 +42,44 @@ def test_handlers_are_restored_afterwards():
     with terminating():
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_held_signal_is_raised_when_the_block_ends():
+    done = []
+    with pytest.raises(Interrupted) as info:
+        with terminating():
+            with held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now, and did not raise
+                done.append("whole block")
+            done.append("after the block")
+    assert done == ["whole block"]
+    assert info.value.signal_name == "SIGTERM"
+
+
+def test_each_returns_only_after_every_started_call_ended(monkeypatch):
+    """A SIGTERM landing inside Thread.start() (after the thread runs, before the pool
+    records it): each must still wait for that call, or it goes on changing its host
+    while the caller rolls the host back."""
+    started, ended, real_start = [], [], threading.Thread.start
+
+    def start_then_signal(thread):
+        real_start(thread)
+        if thread.name.startswith("ThreadPoolExecutor") and len(started) < 2:
+            time.sleep(0.05)  # the thread has taken its call
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs at the next bytecode
+
+    def slow(target):
+        started.append(target.name)
+        time.sleep(0.4)
+        ended.append(target.name)
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_signal)
+    hosts = [SimpleNamespace(name=f"web-{i}") for i in range(3)]
+    with pytest.raises(Interrupted):
+        with terminating():
+            each(hosts, slow, parallel=3)
+    assert started and sorted(ended) == sorted(started), (started, ended)
+    time.sleep(0.6)
+    assert sorted(ended) == sorted(started)  # and none started after each returned
