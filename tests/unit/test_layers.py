@@ -111,8 +111,8 @@ def test_no_import_cycles():
 # layers below its own. A new module gets a layer here and a line in the doc.
 LAYERS = {
     0: {"errors", "booleans", "waves", "plan", "report", "render", "lockfiles", "alembic_ops",
-        "lazy"},
-    1: {"config", "script", "vcs", "probe", "inventory", "signals", "handoff", "migrations"},
+        "lazy", "signals"},
+    1: {"config", "script", "vcs", "probe", "inventory", "handoff", "migrations"},
     2: {"health", "supervisor", "venv", "lb", "hooks"},
     3: {"hoststate", "lock", "gate", "releases"},
     4: {"rollout", "session"},
@@ -142,6 +142,8 @@ def test_every_import_goes_down_the_module_map():
         for target in targets:
             if target == "deploytools" or target.split(".")[:2] == module.split(".")[:2]:
                 continue  # the package itself, or a sibling inside the same subpackage
+            if target == "deploytools.errors" and module != target:
+                continue  # the floor: layer 0 may import it (design.md: "but `errors`")
             if _layer(target) >= _layer(module):
                 upward.append(f"{module} (layer {_layer(module)}) imports {target} "
                               f"(layer {_layer(target)})")
