@@ -304,18 +304,16 @@ class FleetLock:
                 return holders[0]
         return None
 
-    def note(self, **progress) -> None:
-        """Record progress (e.g. wave=2) in the lock, so whoever finds it after a
-        crash knows how far this deploy got. Best effort."""
-        self.owner.update(progress)
-        each([self.fleet[n] for n in self.held],
-             lambda t: t.run(self.note_program(t), check=False,
-                             what="noting progress in the lock"), parallel=self.service.parallel)
-
     def note_program(self, target, **progress) -> str:
-        """The program that records `progress` in our lock on `target`."""
+        """The program that records `progress` (e.g. wave=2) in our lock on `target`,
+        for whoever finds the lock after a crash. Best effort: a failure there prints
+        `@@step_failed lock_note` and never stops the program it is part of. The
+        rollout sends it inside each host's activation, so a host's lock names the
+        wave before that host switches, at no round trip of its own; a takeover reads
+        the furthest wave of all the hosts' locks."""
         self.owner.update(progress)
-        return note_script(self._path(target), self.owner["id"], json.dumps(self.owner))
+        return guarded(note_script(self._path(target), self.owner["id"],
+                                   json.dumps(self.owner)), "lock_note")
 
     def _heartbeat(self) -> None:
         def beat(t):

@@ -258,12 +258,14 @@ def switch(service, t, release: str, *, force_restart: bool = False) -> str:
     return facts(r.stdout).get("mode", "?")
 
 
-def activate(service, t, release: str, *, force_restart: bool = False) -> str:
+def activate(service, t, release: str, *, force_restart: bool = False,
+             first: str = "") -> str:
     """Make `release` live on target `t` and wait until it serves it, in one round
     trip (readiness: every worker on the new release, reported by the host), then
-    the health probe from here. Returns the mode."""
-    r = t.run(activate_ready_script(service, service.dir_on(t.host), release,
-                                    force_restart=force_restart),
+    the health probe from here. `first`: a program run before the switch in the same
+    round trip (the lock's note of the wave). Returns the mode."""
+    r = t.run(first + activate_ready_script(service, service.dir_on(t.host), release,
+                                            force_restart=force_restart),
               what=f"activating {release} and waiting for its processes")
     wait_healthy(service, t.host, service.health.timeout)
     return facts(r.stdout).get("mode", "?")

@@ -272,14 +272,13 @@ class Rollout:
         try:
             # A signal between two waves is caught here too: touched hosts go back.
             for i, wave in enumerate(waves, 1):
-                self.lock.note(wave=i, release=self.release)  # before anyone sees the wave
                 self.say("wave", f"wave {i}/{len(waves)}: {', '.join(wave)}", wave=i,
                          hosts=wave)
                 t0 = time.monotonic()
                 # A failing before_wave or after_wave hook fails the wave like its gate.
                 self._hook("before_wave", wave, fatal=True, release=self.release, wave=i,
                            waves=len(waves))
-                self._activate(wave)
+                self._activate(wave, i)
                 self._gate(i, waves)
                 self._hook("after_wave", wave, fatal=True, release=self.release, wave=i,
                            waves=len(waves))
@@ -624,7 +623,7 @@ class Rollout:
                 f"staging {self.release} ({self.commit[:7]}) failed; no host was switched:\n"
                 + errors_text(errors))
 
-    def _activate(self, wave: list[str]) -> None:
+    def _activate(self, wave: list[str], i: int) -> None:
         svc = self.service
 
         def activate(t):
@@ -633,8 +632,10 @@ class Rollout:
             # only once it serves the new release (lb.py).
             with lb.around_activation(balancer, svc, t, self.release, say=self.say):
                 run.activated = True  # from here on, `current` may have moved
-                try:  # one round trip: switch, reload, and the host says when it is ready
-                    mode = releases.activate(svc, t, self.release)
+                try:  # one round trip: note the wave in the lock, switch, reload, and
+                    # the host says when it is ready
+                    mode = releases.activate(svc, t, self.release, first=self.lock.note_program(
+                        t, wave=i, release=self.release))
                 except ConnectionFailed as e:
                     run.activated = e.delivered  # never sent: the host is as it was
                     raise

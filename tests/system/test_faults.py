@@ -276,6 +276,11 @@ def test_sigkill_mid_wave_then_rollback_converges(faults):
     run = faults.spawn(f"deploy:{SVC},ref=v2,force=true")
     try:
         run.wait_for(lambda x: x.startswith("wave 3/"), timeout=240)
+        # Killed once wave 3 began: its first host's activation noted it in that lock.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and json.loads(
+                (faults.srv("web-2") / ".lock").read_text() or "{}").get("wave") != 3:
+            time.sleep(0.05)
         os.kill(run.pid, signal.SIGKILL)
         run.finish(timeout=10)
     finally:

@@ -150,14 +150,32 @@ def test_note_records_progress_only_in_our_own_lock(setup):
     service, fleet, tmp = setup
     lock = FleetLock(fleet, service, "deploy")
     lock.acquire()
+    h1 = fleet["h1"]
     try:
-        lock.note(wave=3)
+        out = h1.run(lock.note_program(h1, wave=3) + "echo after\n").stdout
         assert json.loads(lock_file(tmp, "h1").read_text())["wave"] == 3
+        assert "after" in out and "step_failed" not in out
+        assert "wave" not in json.loads(lock_file(tmp, "h0").read_text())  # its own host only
     finally:
         lock.release()
     assert not lock_file(tmp, "h1").exists()  # a note never recreates a released lock
-    lock.note(wave=4)
+    h1.run(lock.note_program(h1, wave=4))
     assert not lock_file(tmp, "h1").exists()
+
+
+def test_a_failed_note_never_stops_the_program_it_is_part_of(setup):
+    service, fleet, tmp = setup
+    lock = FleetLock(fleet, service, "deploy")
+    lock.acquire()
+    h1 = fleet["h1"]
+    try:
+        blocker = lock_file(tmp, "h1").with_name(".lock.new")
+        blocker.mkdir()  # the note's temporary file cannot be written (root ignores modes)
+        out = h1.run(lock.note_program(h1, wave=2) + "echo after\n").stdout
+        assert "@@step_failed lock_note" in out and "after" in out
+        blocker.rmdir()
+    finally:
+        lock.release()
 
 
 @pytest.mark.parametrize("holder, stale", [
