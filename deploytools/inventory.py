@@ -139,6 +139,10 @@ class Target:
     def close(self) -> None:
         pass
 
+    def connect(self) -> None:
+        """Open the connection now (SSH: the handshake), so that the next step on this
+        host does not wait for it. Raises ConnectionFailed."""
+
     def describe(self) -> str:
         return self.name
 
@@ -282,6 +286,9 @@ class SSHTarget(Target):
         user = f"{self.host.user}@" if self.host.user else ""
         port = f":{self.host.port}" if self.host.port else ""
         return f"{self.name} ({user}{self.host.address}{port})"
+
+    def connect(self) -> None:
+        self._connection()
 
     def _connection(self):
         with self._lock:

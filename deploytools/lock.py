@@ -200,6 +200,7 @@ class FleetLock:
         # same round trip; what it printed is in `outputs` (host -> stdout).
         self.then = then
         self.outputs: dict[str, str] = {}
+        self.connected = 0  # hosts connected before the first attempt (see _try)
         self.taken_over: list[dict] = []
         self.interval = self.owner["heartbeat"]
         self._stop = threading.Event()
@@ -285,8 +286,15 @@ class FleetLock:
             return target.run(acquire_script(self._path(target), record, then),
                               what="taking the deploy lock").stdout
         targets = list(self.fleet)
-        for group in (targets[:1], targets[1:]):
-            outs, errors = each(group, take, parallel=self.service.parallel)
+        first = targets[:1]
+        for group in (first, targets[1:]):
+            if group is first and self.connected < len(targets):
+                # The others' SSH handshakes happen while the first host is locked.
+                outs, errors = each(targets, lambda t: take(t) if t in first else t.connect(),
+                                    parallel=self.service.parallel)
+                self.connected = len(targets)
+            else:
+                outs, errors = each(group, take, parallel=self.service.parallel)
             holders = []
             for target in group:  # in order: `held` is released in reverse
                 if target.name not in outs:
@@ -300,7 +308,7 @@ class FleetLock:
             if errors or holders:
                 self.release()
                 if errors:
-                    raise next(errors[t.name] for t in group if t.name in errors)
+                    raise next(errors[t.name] for t in targets if t.name in errors)
                 return holders[0]
         return None
 
