@@ -23,14 +23,18 @@ as services.yaml allows (warmup 0, bake 0.1 s), as in issue 13.
 It prints a table with the ratio of the two tools from the same run, the 16- and
 32-host times as a multiple of the 4-host time, the phases of deploytools'
 code-only deploy (from its --json events), and the SSH round trips per host of that
-deploy (an instrumented run: benchmarks/roundtrips.py). This is a 2-core machine
-shared with other work: read the ratios, and the load printed next to them.
+deploy (an instrumented run: benchmarks/roundtrips.py). Next to each time: how many
+of the machine's cores the step kept busy (/proc/stat), and the CPU time of the
+controller itself (deploytools and its children). When the first is near the core
+count, the step waited on the machine (every test host's processes share its cores),
+not on the tool. Read the ratios, and the load printed next to them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -47,6 +51,14 @@ import yaml  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STEPS = ("cold", "code-only", "new requirement", "rollback")
+
+
+def cpu_busy() -> float:
+    """Seconds of CPU time the whole machine has spent busy (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> str:
@@ -84,9 +96,13 @@ class DeployTools:
         self.runs += 1
         counts = self.tmp / f"roundtrips-{self.runs}.json"
         t0 = time.monotonic()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         p = subprocess.run([sys.executable, str(HERE / "roundtrips.py"), str(counts), *args],
                            cwd=self.tmp, env=self.env, capture_output=True, text=True)
         secs = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The controller's own CPU time (deploytools, its ssh and git children).
+        self.cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         if p.returncode:
             raise SystemExit(f"deploytools {' '.join(args)} failed:\n{p.stderr}")
         events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
@@ -178,16 +194,24 @@ def bench(n: int, args, wheels: Path, ansible_exe: Path | None) -> dict:
         ans_ref = {"cold": "v1", "code-only": "v2", "new requirement": "v3", "rollback": "v2"}
         for step in STEPS:
             out["load"].append(load())
-            total = 0.0
+            total = ctl_cpu = 0.0
+            busy0 = cpu_busy()
             for argv in plan[step]:
                 secs, events, rt = dt(*argv)
                 total += secs
+                ctl_cpu += dt.cpu
             out["deploytools"][step] = total
+            out.setdefault("controller_cpu", {})[step] = ctl_cpu
+            # How much of the machine the step kept busy: near the core count, the time
+            # is the machine's CPU (every host's processes), not waiting on the tool.
+            out.setdefault("cores_busy", {})[step] = (cpu_busy() - busy0) / total
             out.setdefault("events", {})[step] = (events, secs)
             out.setdefault("roundtrips", {})[step] = per_host(rt)
             if an:
                 out["ansible"][step] = an(sha[ans_ref[step]])
-            print(f"  {n} hosts, {step}: deploytools {total:.1f} s"
+            print(f"  {n} hosts, {step}: deploytools {total:.1f} s "
+                  f"({out['cores_busy'][step]:.1f} of {os.cpu_count()} cores busy, "
+                  f"controller CPU {ctl_cpu:.1f} s)"
                   + (f", ansible {out['ansible'][step]:.1f} s" if an else "")
                   + f"  ({out['load'][-1]})", flush=True)
     return out
@@ -197,8 +221,8 @@ def report(results: list[dict]) -> None:
     base = {r["hosts"]: r for r in results}
     first = results[0]["hosts"]
     print()
-    print("| Work | Ansible | deploytools | ratio | vs " f"{first} hosts |")
-    print("|---|---|---|---|---|")
+    print("| Work | Ansible | deploytools | ratio | vs " f"{first} hosts | cores busy |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         n = r["hosts"]
         for step in STEPS:
@@ -207,7 +231,7 @@ def report(results: list[dict]) -> None:
             ratio = f"{d / a:.2f}" if a else ""
             scale = (f"{d / base[first]['deploytools'][step]:.1f}x" if n != first else "")
             print(f"| {step} ({n} hosts) | {f'{a:.1f} s' if a else '—'} | {d:.1f} s | "
-                  f"{ratio} | {scale} |")
+                  f"{ratio} | {scale} | {r.get('cores_busy', {}).get(step, 0):.1f} |")
     print()
     for r in results:
         print(f"{r['hosts']} hosts, load before each step: {'; '.join(r['load'])}")
