@@ -41,9 +41,9 @@ def _count(name: str, what: str) -> None:
 _run = inventory.Target.run
 
 
-def run(self, script, *, check=True, timeout=None, what=""):
+def run(self, script, *, check=True, timeout=None, what="", on_line=None):
     _count(self.name, what or script.splitlines()[0][:60])
-    return _run(self, script, check=check, timeout=timeout, what=what)
+    return _run(self, script, check=check, timeout=timeout, what=what, on_line=on_line)
 
 
 def _wrap(cls, attr):

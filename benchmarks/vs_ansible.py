@@ -139,38 +139,41 @@ class Ansible:
 
 
 def phases(events: list[dict], wall: float) -> list[tuple[str, float]]:
-    """Where a deploy's time went, from its --json events (t: seconds since start)."""
+    """Where a deploy's time went, from its --json events (t: seconds since start).
+    Each phase ends at an event: the last `staged` or `activated` of a step, a gate's
+    verdict; warnings and the like end none."""
     out: list[tuple[str, float]] = []
     last = 0.0
-    label_of = {"plan": "controller git fetch, resolve", "stage": "connect, lock + inspect",
-                "tag": "prune, publish (production branch, tag)", "done": ""}
+    label_of = {"plan": "controller git fetch, resolve",
+                "stage": "connect, lock + inspect (+ staging, in the same round trip)",
+                "tag": "publish (production branch, tag)"}
     wave = 0
     pending = None
     for e in events:
         kind, t = e["event"], float(e.get("t", 0.0))
         if kind == "staged":
-            pending = ("stage (every host)", t)
+            pending = ("staging left (hosts not staged with the lock)", t)
             continue
         if kind == "activated":
-            pending = (f"wave {wave}: activate + ready", t)
+            pending = (f"wave {wave}: note + activate + ready", t)
             continue
+        if kind not in label_of and kind not in ("wave", "gate"):
+            continue  # warnings, gate_warning, wave_done...: inside the phase around them
         if pending:
             out.append((pending[0], pending[1] - last))
             last = pending[1]
             pending = None
         if kind == "wave":
             wave = e.get("wave", wave + 1)
-            label = f"before wave {wave}" if wave else ""
+            label = (f"wave {wave}: before_wave hooks" if wave > 1
+                     else "after staging: migrations, after_stage hooks")
         elif kind == "gate":
             label = f"wave {wave}: gate (bake)"
-        elif kind in label_of:
-            label = label_of[kind]
         else:
-            label = f"{kind}"
-        if label:
-            out.append((label, t - last))
+            label = label_of[kind]
+        out.append((label, t - last))
         last = t
-    out.append(("history + prune + unlock, exit, python start-up", wall - last))
+    out.append(("history + prune + unlock, exit", wall - last))
     return out
 
 

@@ -91,16 +91,19 @@ class Target:
         self.name = host.name
 
     def run(self, script: str, *, check: bool = True, timeout: float | None = None,
-            what: str = "") -> Result:
+            what: str = "", on_line: Callable[[str], None] | None = None) -> Result:
         """Run `script` with bash (-e -u -o pipefail), sent on its stdin, and return
         its Result. It may take `timeout` seconds (default: ssh.command_timeout);
-        then it counts as failed with exit 124, "timed out".
+        then it counts as failed with exit 124, "timed out". `on_line` is called with
+        each line of its standard output as it arrives (on an SSH host; a local one
+        calls it once the program ended), from another thread.
 
         With check, a non-zero exit raises RemoteCommandError whose message
         carries the last lines of output, so the CLI can say what failed.
         """
         result = self._exec(stdin_program(script),
-                            timeout if timeout is not None else self.default_timeout)
+                            timeout if timeout is not None else self.default_timeout,
+                            on_line)
         if result.exited == 124 and timeout is None and self.default_timeout:
             # The step's own bound (not a caller's short one, such as a heartbeat's): the
             # host is treated as lost for the rest of this command.
@@ -119,7 +122,8 @@ class Target:
                 stderr=result.stderr, exited=result.exited)
         return result
 
-    def _exec(self, program: str, timeout: float | None) -> Result:
+    def _exec(self, program: str, timeout: float | None,
+              on_line: Callable[[str], None] | None = None) -> Result:
         """Run `bash -s` with `program` on its stdin (then EOF)."""
         raise NotImplementedError
 
@@ -150,7 +154,10 @@ class Target:
 class LocalTarget(Target):
     """A `local: true` host: commands run on this machine, in its own root."""
 
-    def _exec(self, program: str, timeout: float | None) -> Result:
+    def _exec(self, program: str, timeout: float | None,
+              on_line: Callable[[str], None] | None = None) -> Result:
+        if on_line is not None:
+            return self._exec_lines(program, timeout, on_line)
         try:
             proc = subprocess.run(shlex.split(REMOTE_SHELL), input=program, capture_output=True,
                                   text=True, timeout=timeout)
@@ -158,6 +165,41 @@ class LocalTarget(Target):
             out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else e.stdout
             return Result(self.name, program, out or "", f"timed out after {timeout}s", 124)
         return Result(self.name, program, proc.stdout, proc.stderr, proc.returncode)
+
+    def _exec_lines(self, program: str, timeout: float | None,
+                    on_line: Callable[[str], None]) -> Result:
+        """`_exec`, telling `on_line` each line of standard output as it comes."""
+        proc = subprocess.Popen(shlex.split(REMOTE_SHELL), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        timed_out: list[bool] = []
+
+        def kill() -> None:
+            timed_out.append(True)
+            proc.kill()
+        killer = threading.Timer(timeout, kill) if timeout else None
+        if killer:
+            killer.start()
+        try:
+            try:
+                proc.stdin.write(program)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it exited already; its status says why
+            out = []
+            for line in proc.stdout:
+                out.append(line)
+                on_line(line.rstrip("\n"))
+            proc.wait()
+            reader.join()
+        finally:
+            if killer:
+                killer.cancel()
+        if timed_out:
+            return Result(self.name, program, "".join(out), f"timed out after {timeout}s", 124)
+        return Result(self.name, program, "".join(out), "".join(err), proc.returncode)
 
     def put(self, data: bytes | str, path: str, mode: int = 0o644) -> None:
         raw = data.encode() if isinstance(data, str) else data
@@ -386,7 +428,8 @@ class SSHTarget(Target):
                                    f"{e or type(e).__name__}", host=self.name,
                                    delivered=False) from None
 
-    def _exec(self, program: str, timeout: float | None) -> Result:
+    def _exec(self, program: str, timeout: float | None,
+              on_line: Callable[[str], None] | None = None) -> Result:
         import paramiko
         chan = self._session()
         out, err = bytearray(), bytearray()
@@ -398,18 +441,24 @@ class SSHTarget(Target):
             except (OSError, EOFError, paramiko.SSHException):
                 pass  # the channel is gone: the readers see that
 
-        def drain(recv, into):
+        def drain(recv, into, lines=None):
+            told = 0  # how much of `into` went to `lines`
             try:
                 while True:
                     data = recv(65536)
                     if not data:
                         return
                     into += data
+                    end = into.rfind(b"\n") + 1
+                    if lines and end > told:
+                        for line in into[told:end].decode("utf-8", "replace").splitlines():
+                            lines(line)
+                        told = end
             except (OSError, EOFError, paramiko.SSHException):
                 return
 
         threads = [threading.Thread(target=send, daemon=True),
-                   threading.Thread(target=drain, args=(chan.recv, out), daemon=True),
+                   threading.Thread(target=drain, args=(chan.recv, out, on_line), daemon=True),
                    threading.Thread(target=drain, args=(chan.recv_stderr, err), daemon=True)]
         deadline = None if timeout is None else time.monotonic() + timeout
         try:

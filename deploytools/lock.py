@@ -34,9 +34,10 @@ import uuid
 from datetime import datetime, timezone
 
 from .errors import DeployError, LockedError, errors_text
+from . import signals
 from .inventory import each
 from . import render
-from .script import facts
+from .script import facts, guarded  # noqa: F401  (guarded: lock.guarded)
 
 # Seconds between heartbeats; DEPLOYTOOLS_LOCK_HEARTBEAT overrides it (tests).
 HEARTBEAT = 5.0
@@ -123,15 +124,6 @@ def acquire_script(path: str, record: str, then: str = "") -> str:
                                   lock_dir=os.path.dirname(path))
     return script + (f'if [ -n "$LOCK_ACQUIRED" ]; then\n(\n{then.rstrip()}\n)\nfi\n'
                      if then else "")
-
-
-def guarded(program: str, step: str) -> str:
-    """`program` as a step that may fail without stopping the program around it: a
-    subshell, still under `set -e` (not `( ... ) || x`, in which bash ignores -e inside
-    the subshell, so a failed `cd` would not stop what follows it). A failure prints
-    `@@step_failed STEP`."""
-    return (f"set +e\n(\nset -e\n{program.rstrip()}\n)\nstep_rc=$?\nset -e\n"
-            f"[ \"$step_rc\" = 0 ] || echo {render.shquote('@@step_failed ' + step)}\n")
 
 
 def heartbeat_script(path: str, token: str) -> str:
@@ -275,41 +267,72 @@ class FleetLock:
             f"(or break it now with: deploytools unlock:{name},force=true)")
 
     def _try(self) -> dict | None:
-        """One attempt: the first host of the service's order alone (two deploys of one
+        """One attempt: the first host of the service's order first (two deploys of one
         service meet there, and only one gets further), then all the others at once.
+        The others start as soon as the first host says whose lock it is, while the
+        rest of its program (`then`) still runs, and they connect meanwhile.
         Any host held by someone else releases what was taken and returns its holder."""
         record = json.dumps(self.owner)
         self.outputs = {}
 
-        def take(target):
+        def take(target, on_line=None):
             then = self.then(target) if self.then else ""
             return target.run(acquire_script(self._path(target), record, then),
-                              what="taking the deploy lock").stdout
+                              what="taking the deploy lock", on_line=on_line).stdout
         targets = list(self.fleet)
-        first = targets[:1]
-        for group in (first, targets[1:]):
-            if group is first and self.connected < len(targets):
-                # The others' SSH handshakes happen while the first host is locked.
-                outs, errors = each(targets, lambda t: take(t) if t in first else t.connect(),
-                                    parallel=self.service.parallel)
+        first, rest = targets[0], targets[1:]
+        outs: dict[str, str] = {}
+        errors: dict[str, BaseException] = {}
+        told = threading.Event()  # the first host printed @@lock acquired|held
+        said: list[str] = []
+
+        def watch(line: str) -> None:
+            if line.startswith("@@lock ") and not said:
+                said.append(line.strip())
+                told.set()
+
+        def first_step():
+            try:
+                outs[first.name] = take(first, watch)
+            except BaseException as e:  # noqa: BLE001  reported below, in order
+                errors[first.name] = e
+            finally:
+                told.set()
+        thread = threading.Thread(target=first_step, name="lock-first", daemon=True)
+        try:
+            with signals.held():
+                thread.start()
+            if self.connected < len(targets):
+                _, errs = each(rest, lambda t: t.connect(), parallel=self.service.parallel)
+                errors.update(errs)
                 self.connected = len(targets)
+            told.wait()
+            if said != ["@@lock acquired"]:  # held (or failed): its program ends right away
+                thread.join()
+            # Acquired: the program goes on with `then` while the others are locked.
+            if not errors and said == ["@@lock acquired"]:
+                o, errs = each(rest, take, parallel=self.service.parallel)
+                outs.update(o)
+                errors.update(errs)
+        finally:
+            # Whatever happened here (a signal too), the first host's program has ended
+            # before its lock is counted below or released by the caller.
+            thread.join()
+        holders = []
+        for target in targets:  # in order: `held` is released in reverse
+            if target.name not in outs:
+                continue
+            holder = parse_holder(outs[target.name])
+            if holder is None:
+                self.held.append(target.name)
+                self.outputs[target.name] = outs[target.name]
             else:
-                outs, errors = each(group, take, parallel=self.service.parallel)
-            holders = []
-            for target in group:  # in order: `held` is released in reverse
-                if target.name not in outs:
-                    continue
-                holder = parse_holder(outs[target.name])
-                if holder is None:
-                    self.held.append(target.name)
-                    self.outputs[target.name] = outs[target.name]
-                else:
-                    holders.append(dict(holder, host=target.name))
-            if errors or holders:
-                self.release()
-                if errors:
-                    raise next(errors[t.name] for t in targets if t.name in errors)
-                return holders[0]
+                holders.append(dict(holder, host=target.name))
+        if errors or holders:
+            self.release()
+            if errors:
+                raise next(errors[t.name] for t in targets if t.name in errors)
+            return holders[0]
         return None
 
     def note_program(self, target, **progress) -> str:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from . import render, venv
 from .probe import wait_healthy
-from .script import facts
+from .script import facts, guarded
 
 
 def release_name(commit: str, when: datetime | None = None) -> str:
@@ -108,6 +108,18 @@ def stage_script(service, host, dir: str, release: str, commit: str, manifest: d
                              json.dumps(manifest, indent=2, sort_keys=True) + "\n", 0o644),
         service_files=_service_files(service, host, dir, supervisord_next=True),
         supervisor_package=venv.SUPERVISOR)
+
+
+def folded_stage_script(dir: str, live: str, commit: str, stage: str, *,
+                        force: bool = False) -> str:
+    """`stage` (a `stage_script`), run in the lock's round trip right after the
+    inspection: only where `current` is the commit `live`, and (unless force) no
+    release of `commit` was rejected there. Its output goes between `@@folded_stage
+    begin` and `@@folded_stage end`; a failure prints `@@step_failed folded_stage`
+    and stops nothing (the caller stages that host again, and says why)."""
+    return render.render_script("folded_stage.sh.j2", dir=dir, live=live,
+                                short=commit[:7], force=force) + (
+        guarded(stage, "folded_stage") + "echo '@@folded_stage end'\nfi\n")
 
 
 def activate_script(service, dir: str, release: str, *, force_restart: bool = False) -> str:

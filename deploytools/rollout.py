@@ -190,12 +190,14 @@ class Rollout:
         self.say("plan", f"{svc.name}: deploying {commit[:7]} ({repo.subject(commit)}) as "
                          f"{self.release} to {', '.join(self.hosts)}",
                  commit=commit, release=self.release, hosts=self.hosts)
+        self.fold = self._fold(repo)
         with signals.terminating(), self.session.fleet(self.hosts) as fleet:
             self.fleet = fleet
-            # Each host's state is read in the round trip that takes its lock.
+            # Each host's state is read in the round trip that takes its lock, and when
+            # what is live can be told beforehand, the release is staged in it too.
             self.lock = lock = lock_mod.FleetLock(
                 fleet, svc, self.action, wait=self.session.lock_wait, say=self.say,
-                then=lambda t: inspect_script(svc, self.dir(t)))
+                then=lambda t: inspect_script(svc, self.dir(t)) + self._fold_program(t))
             self.record["user"] = lock.owner["user"]
             self.record["job"] = lock.owner["job"]
             try:
@@ -248,17 +250,23 @@ class Rollout:
 
     def _locked(self, repo) -> dict:
         svc = self.service
-        self._inspect(self.lock.outputs)
-        self._refuse_rejected()
-        self.planned = self._plan(repo)
-        self._check_migrations(repo)  # Alembic's, read from the repository: nothing touched yet
+        outputs, folded = split_folded(self.lock.outputs)
+        self._inspect(outputs)
+        try:
+            self._refuse_rejected()
+            self.planned = self._plan(repo)
+            self._check_migrations(repo)  # Alembic's, read from the repository
+            folded = self._usable_folded(folded)
+        except BaseException:
+            self._drop_folded(folded)  # a refusal leaves nothing staged either
+            raise
         waves = self.planned.waves
         try:
             self._hook("before_stage", self.hosts, fatal=True, release=None, waves=len(waves))
         except HookFailed as e:
             self.record["failed_step"] = "before_stage"
             raise HookFailed(f"{e}; nothing was touched.") from None
-        self._stage()
+        self._stage(folded)
         self._classify()  # a refused contraction ends the deploy here, release unstaged
         try:
             self._hook("after_stage", self.hosts, fatal=True, release=self.release,
@@ -359,13 +367,12 @@ class Rollout:
         """What this deploy will do. A plain deploy does every step; a smart one
         only what the change between the live commit(s) and the target needs."""
         live = sorted({st.manifest.get("commit") for st in self.states.values()} - {None})
-        changes: dict[str, list[str] | None] = {}
-        for c in live:
-            try:
-                changes[c] = repo.changed_files(c, self.commit)
-            except Exception:  # the live commit is not in the repo (force-pushed away)
-                changes[c] = None
-        self.changes = changes
+        self.changes = _changes(repo, live, self.commit)
+        p = self._plan_from(live, self.changes)
+        self.record["plan"] = p.to_dict()["steps"]
+        return p
+
+    def _plan_from(self, live: list[str], changes: dict) -> plan_mod.Plan:
         p = plan_mod.Plan(self.service.name, self.commit, live,
                           waves=compute_waves(self.hosts, list(self.service.rollout)))
         if self.smart:
@@ -374,8 +381,59 @@ class Rollout:
             p.steps = [plan_mod.Step(s.name, True, "plain deploy: every step runs")
                        if s.name in ("collectstatic", "migrate", "build") else s
                        for s in plan_mod.decide(self.service, self.commit, changes)]
-        self.record["plan"] = p.to_dict()["steps"]
         return p
+
+    # -- staging in the lock's round trip ---------------------------------------------
+    def _fold(self, repo) -> dict | None:
+        """What staging in the lock's round trip assumes, or None when it cannot be
+        told before the hosts are read. A deploy to every host of the service takes
+        the production branch for what is live (it is, after every successful deploy)
+        and plans from it; each host stages only if its live commit is that one and
+        the release was not rejected there, and the plan is checked against what the
+        hosts say before anything is switched (`_usable_folded`). Not with
+        `before_stage` hooks, which must run before anything is staged."""
+        if not self.publishes or self.hooks.any("before_stage"):
+            return None
+        live = repo.production_head()
+        if live is None or live == self.commit:
+            return None
+        changes = _changes(repo, [live], self.commit)
+        if changes[live] is None:
+            return None
+        plan = self._plan_from([live], changes)
+        return {"live": live, "static": plan.runs("collectstatic"), "build": plan.runs("build")}
+
+    def _fold_program(self, t) -> str:
+        """The staging a host runs right after its inspection, under the lock: only
+        where `current` is the commit assumed live, and (unless force) the release
+        was never rejected there. Between `@@folded_stage begin` and `end`."""
+        if not self.fold:
+            return ""
+        program = self._stage_program(t, static=self.fold["static"], build=self.fold["build"])
+        return releases.folded_stage_script(self.dir(t), self.fold["live"], self.commit, program,
+                                            force=self.force)
+
+    def _usable_folded(self, folded: dict[str, str]) -> dict[str, str]:
+        """The hosts whose staging in the lock's round trip stands: the plan made from
+        what the hosts said decides as the assumed one did, and theirs finished. The
+        others (a mixed fleet, a failure there) are staged again in a round trip of
+        their own; a plan that changed drops every folded release first."""
+        if not folded:
+            return {}
+        if (self.planned.runs("collectstatic"), self.planned.runs("build")) != (
+                self.fold["static"], self.fold["build"]):
+            self._drop_folded(folded)
+            return {}
+        return {n: out for n, out in folded.items()
+                if "@@folded_stage end" in out and "@@step_failed folded_stage" not in out}
+
+    def _drop_folded(self, folded: dict[str, str]) -> None:
+        """Remove the releases staged in the lock's round trip (best effort)."""
+        staged = [self.fleet[n] for n, out in folded.items() if "@@release staged" in out]
+        _, errors = self.parallel(staged, lambda t: t.run(
+            releases.unstage_script(self.dir(t), self.release), what="removing the release"))
+        for name, err in errors.items():
+            self.say("warning", f"  {name}: could not remove {self.release}: {err}", host=name)
 
     def _classify(self) -> None:
         """Before any migration or switch: list the migrations this deploy would apply
@@ -576,30 +634,42 @@ class Rollout:
                         f"{self.commit[:7]} was rejected by an earlier deploy's health gate "
                         f"(release {r} on {name}). Fix it, or deploy it again with force=true.")
 
-    def _stage(self) -> None:
+    def _stage_program(self, t, *, static: bool, build: bool) -> str:
         svc = self.service
         manifest = {"service": svc.name, "ref": self.ref or svc.branch,
                     "deployed_by": self.record.get("user"), "deployed_at": now_iso()}
-        self.say("stage", f"staging {self.release} on {len(self.hosts)} host(s)")
+        return releases.stage_script(
+            svc, t.host, self.dir(t), self.release, self.commit, manifest,
+            static="run" if static else "reuse", build="run" if build else "reuse",
+            locked=self.locked)
+
+    def _stage(self, folded: dict[str, str] | None = None) -> None:
+        """Stage the release on every host: in a round trip of its own, except where
+        it was staged in the lock's (`folded`: that output)."""
+        svc = self.service
+        folded = folded or {}
+        self.say("stage", f"staging {self.release} on {len(self.hosts)} host(s)"
+                 + (f" ({len(folded)} with the lock)" if folded else ""))
 
         def stage(t):
             t0 = time.monotonic()
-            r = t.run(releases.stage_script(
-                svc, t.host, self.dir(t), self.release, self.commit, manifest,
-                static="run" if self.planned.runs("collectstatic") else "reuse",
-                build="run" if self.planned.runs("build") else "reuse", locked=self.locked),
-                      what=f"staging {self.release}")
-            f = facts(r.stdout)
+            if t.name in folded:
+                out = folded[t.name]
+            else:
+                out = t.run(self._stage_program(t, static=self.planned.runs("collectstatic"),
+                                                build=self.planned.runs("build")),
+                            what=f"staging {self.release}").stdout
+            f = facts(out)
             run = self.runs[t.name]
             run.steps.append("fetch")
             if f.get("release") == "staged":
                 self.staged_new.add(t.name)
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
-            for warning in fact_list(r.stdout, "warning"):
+            for warning in fact_list(out, "warning"):
                 self.say("warning", f"  {t.name}: warning: {warning}", host=t.name,
                          warning=warning)
-            replaced = fact_list(r.stdout, "shared_replaced")
+            replaced = fact_list(out, "shared_replaced")
             if replaced:
                 why = (f"the repository's {', '.join(replaced)} replaced by link(s) into "
                        f"{self.dir(t)}/shared/ (shared: in services.yaml)")
@@ -611,8 +681,9 @@ class Rollout:
                                  else "collectstatic_reused")
             if svc.kind != "command":
                 run.steps.append("check_config")
-            self.say("staged", f"  {t.name}: staged ({', '.join(run.steps)}; "
-                               f"{time.monotonic() - t0:.1f}s)", host=t.name, steps=run.steps)
+            took = "with the lock" if t.name in folded else f"{time.monotonic() - t0:.1f}s"
+            self.say("staged", f"  {t.name}: staged ({', '.join(run.steps)}; {took})",
+                     host=t.name, steps=run.steps, with_lock=t.name in folded)
             return f
 
         _, errors = self.parallel(self.fleet, stage)
@@ -739,6 +810,30 @@ class Rollout:
                        from_commit=run.previous_commit, steps=run.steps)
             t.run(lock_mod.history_append_script(self.dir(t), rec), check=False)
         self.parallel(self.fleet, write)
+
+
+def _changes(repo, live: list[str], commit: str) -> dict[str, list[str] | None]:
+    """The files changed from each live commit to `commit` (None: not in the repo,
+    e.g. force-pushed away)."""
+    changes: dict[str, list[str] | None] = {}
+    for c in live:
+        try:
+            changes[c] = repo.changed_files(c, commit)
+        except Exception:  # noqa: BLE001
+            changes[c] = None
+    return changes
+
+
+def split_folded(outputs: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The lock's outputs cut in two: what the inspection printed, and what the
+    staging in the same round trip printed (only the hosts that staged)."""
+    inspected, folded = {}, {}
+    for name, out in outputs.items():
+        before, sep, after = out.partition("@@folded_stage begin\n")
+        inspected[name] = before
+        if sep:
+            folded[name] = after
+    return inspected, folded
 
 
 def _interrupted(e: BaseException) -> str:

@@ -37,3 +37,12 @@ def fact_list(stdout: str, key: str) -> list[str]:
     prefix = f"@@{key} "
     return [line[len(prefix):].strip() for line in stdout.splitlines()
             if line.startswith(prefix)]
+
+
+def guarded(program: str, step: str) -> str:
+    """`program` as a step that may fail without stopping the program around it: a
+    subshell, still under `set -e` (not `( ... ) || x`, in which bash ignores -e inside
+    the subshell, so a failed `cd` would not stop what follows it). A failure prints
+    `@@step_failed STEP`."""
+    return (f"set +e\n(\nset -e\n{program.rstrip()}\n)\nstep_rc=$?\nset -e\n"
+            f"[ \"$step_rc\" = 0 ] || echo {render.shquote('@@step_failed ' + step)}\n")
