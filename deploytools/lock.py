@@ -274,14 +274,15 @@ class FleetLock:
         Any host held by someone else releases what was taken and returns its holder."""
         record = json.dumps(self.owner)
         self.outputs = {}
+        outs: dict[str, str] = {}  # filled by each call itself: a signal loses none
 
         def take(target, on_line=None):
             then = self.then(target) if self.then else ""
-            return target.run(acquire_script(self._path(target), record, then),
-                              what="taking the deploy lock", on_line=on_line).stdout
+            outs[target.name] = target.run(acquire_script(self._path(target), record, then),
+                                           what="taking the deploy lock",
+                                           on_line=on_line).stdout
         targets = list(self.fleet)
         first, rest = targets[0], targets[1:]
-        outs: dict[str, str] = {}
         errors: dict[str, BaseException] = {}
         told = threading.Event()  # the first host printed @@lock acquired|held
         said: list[str] = []
@@ -293,12 +294,13 @@ class FleetLock:
 
         def first_step():
             try:
-                outs[first.name] = take(first, watch)
+                take(first, watch)
             except BaseException as e:  # noqa: BLE001  reported below, in order
                 errors[first.name] = e
             finally:
                 told.set()
         thread = threading.Thread(target=first_step, name="lock-first", daemon=True)
+        interrupted: BaseException | None = None
         try:
             with signals.held():
                 thread.start()
@@ -311,12 +313,11 @@ class FleetLock:
                 thread.join()
             # Acquired: the program goes on with `then` while the others are locked.
             if not errors and said == ["@@lock acquired"]:
-                o, errs = each(rest, take, parallel=self.service.parallel)
-                outs.update(o)
-                errors.update(errs)
+                errors.update(each(rest, take, parallel=self.service.parallel)[1])
+        except BaseException as e:  # a signal: what was taken is counted first, so that
+            interrupted = e         # the caller's release() drops it
         finally:
-            # Whatever happened here (a signal too), the first host's program has ended
-            # before its lock is counted below or released by the caller.
+            # The first host's program has ended before its lock is counted.
             thread.join()
         holders = []
         for target in targets:  # in order: `held` is released in reverse
@@ -328,6 +329,8 @@ class FleetLock:
                 self.outputs[target.name] = outs[target.name]
             else:
                 holders.append(dict(holder, host=target.name))
+        if interrupted is not None:
+            raise interrupted
         if errors or holders:
             self.release()
             if errors:
