@@ -1,11 +1,17 @@
 """Staging in the lock's round trip: the lock's output cut into the inspection and the
 staging, and the lock's first host letting the others go as soon as it has its lock."""
+import os
+import signal
 import threading
 import time
 
+import pytest
+
+from deploytools.errors import Interrupted
 from deploytools.inventory import Fleet
 from deploytools.lock import FleetLock
 from deploytools.rollout import split_folded
+from deploytools.signals import terminating
 
 
 def test_split_folded_cuts_each_output_at_the_marker():
@@ -51,4 +57,25 @@ def test_the_others_are_locked_while_the_first_host_runs_its_then(local_pair):
             lock.release()
     finally:
         cls.run = real_run
+        fleet.close()
+
+
+def test_a_signal_while_the_others_are_locked_leaves_no_lock(local_pair, tmp_path):
+    """SIGTERM while h1 runs its lock program (with a slow `then`, as a staging is):
+    acquire() raises Interrupted and no host keeps a lock file."""
+    fleet = Fleet(local_pair, ["h0", "h1"])
+    service = local_pair.service("svc")
+    lock = FleetLock(fleet, service, "deploy",
+                     then=lambda t: "sleep 0.6\n" if t.name == "h1" else "")
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        with pytest.raises(Interrupted):
+            with terminating():
+                timer.start()
+                lock.acquire()
+        assert lock.held == []
+        assert not (tmp_path / "h0" / "svc" / ".lock").exists()
+        assert not (tmp_path / "h1" / "svc" / ".lock").exists()
+    finally:
+        timer.cancel()
         fleet.close()
