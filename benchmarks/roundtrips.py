@@ -15,9 +15,14 @@ import json
 import sys
 import threading
 from collections import defaultdict
+from pathlib import Path
 
-from deploytools import gate, inventory
-from deploytools.cli import program
+# The deploytools of this checkout, whatever is installed (a script's own folder, not the
+# checkout, is what Python puts first on sys.path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deploytools import gate, inventory  # noqa: E402
+from deploytools.cli import program  # noqa: E402
 
 _lock = threading.Lock()
 _in_bake = threading.Event()
