@@ -37,7 +37,7 @@ from .errors import DeployError, LockedError, errors_text
 from . import signals
 from .inventory import each
 from . import render
-from .script import facts, guarded  # noqa: F401  (guarded: lock.guarded)
+from .script import facts, guarded
 
 # Seconds between heartbeats; DEPLOYTOOLS_LOCK_HEARTBEAT overrides it (tests).
 HEARTBEAT = 5.0
@@ -192,7 +192,7 @@ class FleetLock:
         # same round trip; what it printed is in `outputs` (host -> stdout).
         self.then = then
         self.outputs: dict[str, str] = {}
-        self.connected = 0  # hosts connected before the first attempt (see _try)
+        self._connected = False  # every host connected, in the first attempt (_try)
         self.taken_over: list[dict] = []
         self.interval = self.owner["heartbeat"]
         self._stop = threading.Event()
@@ -304,10 +304,10 @@ class FleetLock:
         try:
             with signals.held():
                 thread.start()
-            if self.connected < len(targets):
+            if not self._connected:
                 _, errs = each(rest, lambda t: t.connect(), parallel=self.service.parallel)
                 errors.update(errs)
-                self.connected = len(targets)
+                self._connected = True
             told.wait()
             if said != ["@@lock acquired"]:  # held (or failed): its program ends right away
                 thread.join()

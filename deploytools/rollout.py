@@ -22,7 +22,7 @@ from .hooks import HookFailed, Hooks
 from .hoststate import inspect_all, inspect_script, parse_inspect
 from .inventory import Target, each
 from . import plan as plan_mod
-from .script import fact_list, facts, write_file
+from .script import fact_list, facts, guarded, write_file
 from .vcs import ServiceRepo
 from .waves import compute_waves
 
@@ -783,9 +783,9 @@ class Rollout:
             run = self.runs[t.name]
             rec = dict(self.record, host=t.name, from_release=run.previous,
                        from_commit=run.previous_commit, steps=run.steps)
-            out = lock_mod.guarded(lock_mod.history_append_script(self.dir(t), rec), "history")
+            out = guarded(lock_mod.history_append_script(self.dir(t), rec), "history")
             if live:
-                out += lock_mod.guarded(releases.prune_script(
+                out += guarded(releases.prune_script(
                     self.dir(t), self.service.keep_releases, [run.previous]), "prune")
             return out
         outs = self.lock.release(before=program)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import queue
 import os
+import shlex
 import subprocess
 import threading
 import sys
@@ -224,6 +225,13 @@ class ServiceEnv:
 
     def srv(self, host: str) -> Path:
         return self.env.fleet.host(host).srv / self.SERVICE
+
+    def stop_everywhere(self) -> None:
+        """Stop the service's supervisord on each of its hosts: a module's teardown
+        leaves nothing running for the next modules."""
+        ctl = shlex.quote(f"/srv/{self.SERVICE}/bin/ctl")
+        for h in self.HOSTS:
+            self.env.fleet.ssh(h, f"[ -x {ctl} ] && {ctl} stop || true", timeout=60)
 
     def current(self, host: str) -> str | None:
         link = self.srv(host) / "current"

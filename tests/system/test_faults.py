@@ -97,9 +97,7 @@ def faults(deployenv, tmp_path_factory):
     f.fab(f"deploy:{SVC},ref=v2")
     assert f.revisions() == {h: f.sha("v2") for h in HOSTS}
     yield f
-    for h in HOSTS:
-        deployenv.fleet.ssh(h, f"[ -x /srv/{SVC}/bin/ctl ] && /srv/{SVC}/bin/ctl stop || true",
-                            timeout=60)
+    f.stop_everywhere()
 
 
 def test_a_host_down_before_the_deploy(faults):

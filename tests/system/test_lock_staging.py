@@ -64,10 +64,9 @@ def fold(deployenv, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fold")
     # Its own origin: these tests read and move its production branch.
     sample = build_repos.build(tmp / "samples", names=["skiff"])["skiff"]
-    yield Folded(deployenv, sample, tmp)
-    for h in HOSTS:
-        deployenv.fleet.ssh(h, f"[ -x /srv/{SVC}/bin/ctl ] && /srv/{SVC}/bin/ctl stop || true",
-                            timeout=60)
+    env = Folded(deployenv, sample, tmp)
+    yield env
+    env.stop_everywhere()
 
 
 def test_first_deploy_stages_in_its_own_round_trip(fold):

@@ -56,11 +56,9 @@ class Ops(ServiceEnv):
 def ops(deployenv, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("operate")
     sample = build_repos.build(tmp / "samples", names=["airship"])["airship"]
-    yield Ops(deployenv, sample, tmp)
-    # Leave nothing running for the next modules: stop opsdemo's supervisord everywhere.
-    for h in HOSTS:
-        deployenv.fleet.ssh(h, f"[ -x /srv/{SVC}/bin/ctl ] && /srv/{SVC}/bin/ctl stop || true",
-                            timeout=60)
+    env = Ops(deployenv, sample, tmp)
+    yield env
+    env.stop_everywhere()
 
 
 def tails_running() -> list[str]:

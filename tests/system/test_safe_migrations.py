@@ -60,9 +60,7 @@ def migr(deployenv, postgres, tmp_path_factory):
     sample = build_repos.build(tmp / "samples", names=["airship"])["airship"]
     env = Migr(deployenv, sample, tmp, postgres.database(SVC))
     yield env
-    for h in HOSTS:  # leave nothing running for the next modules
-        deployenv.fleet.ssh(h, f"[ -x /srv/{SVC}/bin/ctl ] && /srv/{SVC}/bin/ctl stop || true",
-                            timeout=60)
+    env.stop_everywhere()
 
 
 def has_gate(postgres) -> bool:

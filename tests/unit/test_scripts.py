@@ -23,7 +23,7 @@ from deploytools import gate, hooks, hoststate, lock, monitor, releases, render,
 from deploytools.config import parse, secrets
 from deploytools.errors import ConfigError
 from deploytools.inventory import Fleet, stdin_program, stream_program
-from deploytools.script import fact_list, facts, write_file
+from deploytools.script import fact_list, facts, guarded, write_file
 
 PAYLOAD = "x'\";$(touch MARK)`touch MARK`"
 HOSTILE_DIR = "/srv/it's \"odd\" $(touch MARK)/svc"
@@ -131,8 +131,8 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["lock_acquire"] = lock.acquire_script(d + "/.lock", json.dumps(dict(record, user=v)))
     out["lock_acquire:inspect"] = lock.acquire_script(
         d + "/.lock", json.dumps(record), hoststate.inspect_script(cfg.service("air"), d))
-    out["guarded"] = lock.guarded(lock.history_append_script(d, {"v": v}), "history") + \
-        lock.guarded(releases.prune_script(d, 3, [v]), "prune")
+    out["guarded"] = guarded(lock.history_append_script(d, {"v": v}), "history") + \
+        guarded(releases.prune_script(d, 3, [v]), "prune")
     out["lock_heartbeat"] = lock.heartbeat_script(d + "/.lock", record["id"])
     out["lock_remove:ours"] = lock.remove_lock_script(d + "/.lock", record["id"])
     out["lock_note"] = lock.note_script(d + "/.lock", record["id"], json.dumps(dict(record, wave=v)))
