@@ -82,7 +82,8 @@ def shared_context(service) -> dict:
 
 
 def stage_script(service, host, dir: str, release: str, commit: str, manifest: dict,
-                 *, static: str = "run", build: str = "run", locked: str | None = None) -> str:
+                 *, static: str = "run", build: str = "run", locked: str | None = None,
+                 wheels: str | None = None) -> str:
     """Prepare a release next to the live one; never touches `current`.
 
     On any failure the half-made release directory is removed. Prints
@@ -90,10 +91,12 @@ def stage_script(service, host, dir: str, release: str, commit: str, manifest: d
     `@@collectstatic ran|reused`, `@@release staged|exists`, `@@shared_replaced PATH`
     (once per shared path the repository had: the link replaced it). `locked` is the
     hashed requirements list of a poetry.lock / Pipfile.lock (venv.locked_requirements).
+    `wheels`: this host's part in the fleet's one download (venv.Handover): "fetch",
+    "wait", or None; it then prints `@@wheels ready KEY|none|received|fallback`.
     """
     rdir = f"{dir}/releases/{release}"
     manifest = dict(manifest, release=release, commit=commit)
-    parts = {**venv.context(service, dir, rdir), **shared_context(service),
+    parts = {**venv.context(service, dir, rdir, wheels=wheels), **shared_context(service),
              **_build_context(service, dir, rdir, reuse=build == "reuse")}
     bind_address, _, port = render.bind_for(service, host).rpartition(":")
     files = render.release_files(service, host, dir, release, commit)

@@ -401,6 +401,8 @@ class Rollout:
         if changes[live] is None:
             return None
         plan = self._plan_from([live], changes)
+        if plan.runs("venv") and len(self.hosts) > 1:
+            return None  # a new virtualenv: downloaded once for the fleet (_handover)
         return {"live": live, "static": plan.runs("collectstatic"), "build": plan.runs("build")}
 
     def _fold_program(self, t) -> str:
@@ -634,14 +636,23 @@ class Rollout:
                         f"{self.commit[:7]} was rejected by an earlier deploy's health gate "
                         f"(release {r} on {name}). Fix it, or deploy it again with force=true.")
 
-    def _stage_program(self, t, *, static: bool, build: bool) -> str:
+    def _stage_program(self, t, *, static: bool, build: bool, wheels: str | None = None) -> str:
         svc = self.service
         manifest = {"service": svc.name, "ref": self.ref or svc.branch,
                     "deployed_by": self.record.get("user"), "deployed_at": now_iso()}
         return releases.stage_script(
             svc, t.host, self.dir(t), self.release, self.commit, manifest,
             static="run" if static else "reuse", build="run" if build else "reuse",
-            locked=self.locked)
+            locked=self.locked, wheels=wheels)
+
+    def _handover(self, folded: dict[str, str]) -> venv.Handover | None:
+        """When the release needs a new virtualenv on two hosts or more: one download
+        of its requirements for them all, on the first (venv.Handover)."""
+        rest = [self.fleet[h] for h in self.hosts if h not in folded]
+        if len(rest) < 2 or not self.planned.runs("venv"):
+            return None
+        return venv.Handover(rest[0], rest[1:], self.dir, self.release, say=self.say,
+                                 parallel=self.service.parallel)
 
     def _stage(self, folded: dict[str, str] | None = None) -> None:
         """Stage the release on every host: in a round trip of its own, except where
@@ -651,14 +662,24 @@ class Rollout:
         self.say("stage", f"staging {self.release} on {len(self.hosts)} host(s)"
                  + (f" ({len(folded)} with the lock)" if folded else ""))
 
+        handover = self._handover(folded)
+
         def stage(t):
             t0 = time.monotonic()
             if t.name in folded:
                 out = folded[t.name]
             else:
-                out = t.run(self._stage_program(t, static=self.planned.runs("collectstatic"),
-                                                build=self.planned.runs("build")),
-                            what=f"staging {self.release}").stdout
+                first = handover is not None and t is handover.first
+                wheels = None if handover is None else "fetch" if first else "wait"
+                try:
+                    out = t.run(self._stage_program(t, static=self.planned.runs("collectstatic"),
+                                                    build=self.planned.runs("build"),
+                                                    wheels=wheels),
+                                what=f"staging {self.release}",
+                                on_line=handover.on_line if first else None).stdout
+                finally:
+                    if first:
+                        handover.finish()
             f = facts(out)
             run = self.runs[t.name]
             run.steps.append("fetch")
@@ -666,6 +687,13 @@ class Rollout:
                 self.staged_new.add(t.name)
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
+            wheels = fact_list(out, "wheels")
+            if "received" in wheels and "fallback" not in wheels:
+                run.steps.append("venv_from_fleet_download")
+            if "fallback" in wheels:
+                why = ("the requirements downloaded for the fleet did not install here; "
+                       "installed from the index instead")
+                self.say("warning", f"  {t.name}: warning: {why}", host=t.name, warning=why)
             for warning in fact_list(out, "warning"):
                 self.say("warning", f"  {t.name}: warning: {warning}", host=t.name,
                          warning=warning)

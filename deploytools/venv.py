@@ -10,13 +10,20 @@ packages we add (gunicorn), so any change builds a new one.
 A venv is built in place and marked `.complete` only at the end: a half-built
 one (killed deploy) is never reused. The programs are templates/remote/venv.sh.j2
 and tools.sh.j2.
+
+A new virtualenv of a requirements file is downloaded once for the fleet, not by each
+host from the index: `Handover` (below, and docs/design.md, "One download per fleet").
 """
 from __future__ import annotations
 
 import shlex
+import threading
+import time
+from typing import Callable
 
 from . import lockfiles, render
 from .errors import ConfigError
+from .inventory import Target, each
 
 # Added to every WSGI service's venv; a pin in the service's requirements wins.
 GUNICORN = "gunicorn>=21"
@@ -73,22 +80,117 @@ def locked_requirements(service, commit: str, file_at) -> str | None:
         raise ConfigError(f"{where}: {e}.") from None
 
 
-def context(service, dir: str, release_dir: str) -> dict:
+def context(service, dir: str, release_dir: str, *, wheels: str | None = None) -> dict:
     """What venv.sh.j2 needs: the requirements file, the packages we add, and the
-    text hashed into the key besides the requirements and the interpreter."""
+    text hashed into the key besides the requirements and the interpreter. `wheels`:
+    "fetch" (this host downloads for the fleet), "wait" (it installs what the
+    controller hands over from there) or None (each host for itself); see Handover."""
     extras = extra_packages(service)
     # Unchanged since keys were first computed, so existing venvs keep their key.
     key_inputs = f"{service.python}|{service.pip_args}|{' '.join(shlex.quote(p) for p in extras)}"
     return dict(service=service, dir=dir, release_dir=release_dir, uv_package=UV, locked=LOCKED,
-                extras=extras, key_inputs=key_inputs, pip_words=pip_words(service))
+                extras=extras, key_inputs=key_inputs, pip_words=pip_words(service),
+                wheels=wheels, wheels_dir=wheels_dir(dir, release_dir.rsplit("/", 1)[-1]))
 
 
-def build_script(service, dir: str, release_dir: str) -> str:
+def wheels_dir(dir: str, release: str) -> str:
+    """Where a release's downloads for the fleet go (prune.sh.j2 empties <dir>/wheels)."""
+    return f"{dir}/wheels/{release}"
+
+
+class Handover:
+    """One download of a new virtualenv's requirements for the whole fleet.
+
+    The first host to stage (`wheels="fetch"`) downloads the distributions from the
+    index into its wheels_dir and says `@@wheels ready KEY` (or `@@wheels none`). Each
+    other host (`wheels="wait"`) waits at that point for `<wheels_dir>.key`: this class
+    copies `<wheels_dir>.tar` from the first host to them and then writes the key, or
+    writes "none" (nothing to hand over, the first host failed, or its key is not
+    theirs) and they install from the index as without it. Every waiting host is told,
+    whatever happens here: `finish()` tells the ones not told yet.
+
+    `on_line` is given each line of the first host's output as it comes."""
+
+    def __init__(self, first: Target, others: list[Target], dir_of: Callable[[Target], str],
+                 release: str, *, say: Callable[..., None], parallel: int = 32):
+        self.first, self.others, self.release = first, others, release
+        self.dir_of, self.say, self.parallel = dir_of, say, parallel
+        self._told: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.handed: list[str] = []  # the hosts that received the downloads
+
+    def _path(self, t: Target) -> str:
+        return wheels_dir(self.dir_of(t), self.release)
+
+    def on_line(self, line: str) -> None:
+        if line == "@@wheels none":
+            self._start(None)
+        elif line.startswith("@@wheels ready "):
+            self._start(line.split()[-1])
+
+    def _start(self, key: str | None) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._hand_over, args=(key,),
+                                                name="wheels", daemon=True)
+                self._thread.start()
+
+    def _hand_over(self, key: str | None) -> None:
+        data = None
+        if key is not None:
+            t0 = time.monotonic()
+            try:
+                data = self.first.get(self._path(self.first) + ".tar")
+            except Exception as e:  # any failure: each host installs from the index
+                self.say("warning", f"  {self.first.name}: could not read the downloaded "
+                                    f"requirements ({e}); each host installs from the index",
+                         host=self.first.name)
+
+        def give(t: Target) -> None:
+            if data is not None:
+                try:
+                    t.put(data, self._path(t) + ".tar", 0o600)
+                    if self._tell(t, key):
+                        self.handed.append(t.name)
+                    return
+                except Exception as e:
+                    self.say("warning", f"  {t.name}: could not copy the downloaded "
+                                        f"requirements there ({e}); it installs from the index",
+                             host=t.name)
+            self._tell(t, None)
+        each(self.others, give, parallel=self.parallel)
+        if data is not None:
+            self.say("wheels", f"  requirements downloaded once on {self.first.name}, "
+                               f"{len(data) / 1e6:.1f} MB copied to {len(self.handed)} host(s) "
+                               f"({time.monotonic() - t0:.1f}s)", host=self.first.name,
+                     hosts=sorted(self.handed), bytes=len(data))
+
+    def _tell(self, t: Target, key: str | None) -> bool:
+        with self._lock:
+            if t.name in self._told:
+                return False
+            self._told.add(t.name)
+        try:
+            t.put(key or "none", self._path(t) + ".key", 0o600)
+            return True
+        except Exception:  # its wait ends with its ssh session, or after 600 s
+            return False
+
+    def finish(self) -> None:
+        """The first host's staging ended: wait for the copies, and tell every host
+        not told yet that there is nothing to wait for."""
+        self._start(None)
+        self._thread.join()
+
+
+def build_script(service, dir: str, release_dir: str, *, wheels: str | None = None) -> str:
     """Bash that computes the venv key into $VENV_KEY and builds the venv if missing.
 
-    Prints `@@venv built|reused KEY`.
+    Prints `@@venv built|reused KEY` (and `@@wheels ...` with `wheels`, see context).
     """
-    return render.render_script("venv.sh.j2", **context(service, dir, release_dir))
+    return render.render_script("venv.sh.j2", **context(service, dir, release_dir,
+                                                       wheels=wheels))
 
 
 def tools_script(service, dir: str) -> str:

@@ -3,8 +3,9 @@ release staged in the lock's round trip (docs/design.md, "Round trips and scale"
 
 skiff (Flask) from its own origin on port 8050. The first deploy plans from nothing
 (nothing is live, so no host stages with the lock); a `host:` deploy leaves web-0 on
-another commit than the production branch, and the next deploy stages web-0 in a round
-trip of its own and the others with the lock. A commit rejected on the hosts is refused
+another commit than the production branch, and the next (code-only) deploy stages web-0
+in a round trip of its own and the others with the lock. A new requirement is staged after
+the lock, so that the first host downloads it once for all. A commit rejected on the hosts is refused
 before anything is staged; a release that does not import fails in the lock's round
 trip and again in its own, which names the error, with no host switched.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import build_repos
+from build_repos import Sub
 from sysenv import ROOT, ServiceEnv
 
 pytestmark = pytest.mark.system
@@ -122,10 +124,26 @@ def test_a_release_that_fails_to_stage_says_why_and_switches_nothing(fold):
 def test_a_host_on_another_commit_is_staged_in_a_round_trip_of_its_own(fold):
     fold.fab("host:web-0", f"deploy:{SVC},ref=v1,force=true")  # not published: a subset
     assert fold.revisions()["web-0"] == fold.sha("v1")
-    proc, counts, events = fold.counted(f"deploy:{SVC},ref=v3")  # production is at v2
+    # A code-only change from v2, where the production branch is.
+    sha = fold.sample.commit("skiff: a comment", {"skiff/app.py": Sub(
+        ("from flask import Flask", "# v2.1\nfrom flask import Flask"))}, base="v2",
+        branch="v2.1", label="v2.1")
+    proc, counts, events = fold.counted(f"deploy:{SVC},ref={sha}")
     assert proc.returncode == 0, proc.stderr
     assert staged_with_lock(events) == {"web-0": False, "web-1": True, "web-2": True,
                                         "web-3": True}
     assert counts["web-0"]["release"] == 4 and counts["web-1"]["release"] == 3, counts
+    assert fold.revisions() == {h: sha for h in HOSTS}
+    assert all(len(fold.releases_of(h, "v2.1")) == 1 for h in HOSTS)
+
+
+def test_a_new_requirement_is_staged_after_the_lock_and_downloaded_once(fold):
+    # Not in the lock's round trip: the first host downloads for the others first
+    # (venv.Handover; tests/system/test_fleet_download.py counts the downloads).
+    proc, counts, events = fold.counted(f"deploy:{SVC},ref=v3,force=true")  # not after v2.1
+    assert proc.returncode == 0, proc.stderr
+    assert staged_with_lock(events) == {h: False for h in HOSTS}
+    assert [e["host"] for e in events if e["event"] == "wheels"] == ["web-0"]
     assert fold.revisions() == {h: fold.sha("v3") for h in HOSTS}
-    assert all(len(fold.releases_of(h, "v3")) == 1 for h in HOSTS)
+    for h in HOSTS[1:]:
+        assert "venv_from_fleet_download" in fold.history(h)[-1]["steps"]

@@ -128,6 +128,10 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["stage:locked"] = releases.stage_script(
         cfg.service("skiff"), host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33,
         {"ref": v}, locked=f"# {v}\nflask==3.1.3 --hash=sha256:{'a' * 64}\n")
+    for wheels in ("fetch", "wait"):  # one download for the fleet (venv.Handover)
+        out[f"stage:wheels:{wheels}"] = releases.stage_script(
+            cfg.service("skiff"), host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33, {"ref": v},
+            wheels=wheels)
     out["lock_acquire"] = lock.acquire_script(d + "/.lock", json.dumps(dict(record, user=v)))
     out["lock_acquire:inspect"] = lock.acquire_script(
         d + "/.lock", json.dumps(record), hoststate.inspect_script(cfg.service("air"), d))

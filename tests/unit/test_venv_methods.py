@@ -37,10 +37,17 @@ def host(tmp_path):
     (d / "releases" / "R").mkdir(parents=True)
     log = tmp_path / "pip.log"
     fake = tmp_path / "python3"
+    # The pip it installs logs its arguments; it fails an install from the fleet's
+    # download (--isolated) when $FAIL_ISOLATED is set.
+    pip = tmp_path / "fake-pip"
+    pip.write_text(f"""#!/bin/bash
+printf '%s\\n' "$@" -- >> {render.shquote(str(log))}
+case " $* " in *" --isolated "*) [ -z "${{FAIL_ISOLATED:-}}" ] || exit 1 ;; esac
+""")
     fake.write_text(f"""#!/bin/bash
 if [ "$1" = -m ]; then
   mkdir -p "$3/bin"
-  printf '#!/bin/bash\\nprintf "%%s\\\\n" "$@" -- >> %s\\n' {render.shquote(str(log))} > "$3/bin/pip"
+  cp {render.shquote(str(pip))} "$3/bin/pip"
   chmod +x "$3/bin/pip"
 else
   echo 3.11.2
@@ -51,13 +58,15 @@ fi
     return tmp_path, d, d / "releases" / "R", log, fake, cfg
 
 
-def stage(host, name="flaskr", **changes):
+def stage(host, name="flaskr", *, wheels=None, environ=None, **changes):
     tmp, d, rel, log, fake, cfg = host
     s = dataclasses.replace(cfg.service(name), python=str(fake), **changes)
-    script = "R=" + render.shquote(str(rel)) + "\n" + venv.build_script(s, str(d), str(rel))
+    script = "R=" + render.shquote(str(rel)) + "\n" + venv.build_script(s, str(d), str(rel),
+                                                                       wheels=wheels)
     script += 'echo "@@key $VENV_KEY"\n'
     r = subprocess.run(["bash", "-s"], input=stdin_program(script), capture_output=True,
-                       text=True, cwd=tmp, env=dict(os.environ, PATH=f"{tmp}/bin:/usr/bin:/bin"))
+                       text=True, cwd=tmp, env=dict(os.environ, PATH=f"{tmp}/bin:/usr/bin:/bin",
+                                                    **(environ or {})))
     return r, facts(r.stdout)
 
 
@@ -297,3 +306,107 @@ def test_the_controller_converts_the_lock_the_host_will_pick():
     bad = {**tree, "poetry.lock": lock.replace('groups', 'source = {type = "git"}\ngroups')}
     with pytest.raises(ConfigError, match="flask comes from a git source"):
         venv.locked_requirements(s, "c" * 40, bad.get)
+
+
+# One download for the fleet (venv.Handover): the first host's part and the others'.
+def test_the_first_host_downloads_for_the_fleet_then_installs_only_from_there(host):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"requirements.txt": "flask\n"})
+    r, f = stage(host, wheels="fetch")
+    assert r.returncode == 0, r.stderr
+    wh = f"{d}/wheels/R"
+    assert f["wheels"] == f"ready {f['key']}" and f["venv"] == f"built {f['key']}"
+    assert pip_calls(log) == [
+        ["download", "-q", "--disable-pip-version-check", "-d", wh, "--no-index",
+         "--find-links", "/w", "-r", f"{rel}/requirements.txt", "gunicorn>=21"],
+        # exactly what was downloaded: no index, no pip.conf or PIP_* of the host
+        ["install", "-q", "--isolated", "--disable-pip-version-check", "--no-index",
+         "--find-links", wh, "-r", f"{rel}/requirements.txt", "gunicorn>=21"]]
+    assert Path(wh + ".tar").is_file()  # what the controller copies to the others
+
+
+def _handed_over(d: Path, key: str) -> None:
+    """What Handover leaves on a waiting host: the first host's tar, then the key."""
+    (d / "wheels").mkdir(exist_ok=True)
+    src = d.parent / "downloaded"
+    src.mkdir()
+    (src / "six-1.17.0-py2.py3-none-any.whl").write_text("wheel")
+    subprocess.run(["tar", "-C", str(src), "-cf", str(d / "wheels" / "R.tar"), "."], check=True)
+    (d / "wheels" / "R.key").write_text(key)
+
+
+def test_a_waiting_host_installs_what_was_handed_over_when_its_key_is_the_same(host):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"requirements.txt": "flask\n"})
+    key = stage(host, wheels="fetch")[1]["key"]  # the same key, as a twin host computes
+    log.unlink()
+    for p in (d / "venvs").iterdir():
+        subprocess.run(["rm", "-rf", str(p)], check=True)
+    (d / "wheels" / "R.tar").unlink()
+    _handed_over(d, key)
+    r, f = stage(host, wheels="wait")
+    assert r.returncode == 0, r.stderr
+    assert f["wheels"] == "received"
+    assert (d / "wheels" / "R" / "six-1.17.0-py2.py3-none-any.whl").is_file()
+    assert not (d / "wheels" / "R.tar").exists() and not (d / "wheels" / "R.key").exists()
+    assert pip_calls(log) == [
+        ["install", "-q", "--isolated", "--disable-pip-version-check", "--no-index",
+         "--find-links", f"{d}/wheels/R", "-r", f"{rel}/requirements.txt", "gunicorn>=21"]]
+
+
+@pytest.mark.parametrize("told", ["none", "0123456789abcdef"])
+def test_a_waiting_host_told_none_or_another_key_installs_from_the_index(host, told):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"requirements.txt": "flask\n"})
+    _handed_over(d, told)
+    r, f = stage(host, wheels="wait")
+    assert r.returncode == 0, r.stderr
+    assert f["wheels"] == "none" and f["venv"].startswith("built ")
+    assert pip_calls(log) == [["install", "-q", "--disable-pip-version-check", "--no-index",
+                               "--find-links", "/w", "-r", f"{rel}/requirements.txt",
+                               "gunicorn>=21"]]
+
+
+def test_what_does_not_install_from_the_download_installs_from_the_index(host):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"requirements.txt": "flask\n"})
+    r, f = stage(host, wheels="fetch", environ={"FAIL_ISOLATED": "1"})
+    assert r.returncode == 0, r.stderr
+    assert f["wheels"] == "fallback" and f["venv"].startswith("built ")
+    assert [c[0] for c in pip_calls(log)] == ["download", "install", "install"]
+    assert pip_calls(log)[-1] == ["install", "-q", "--disable-pip-version-check", "--no-index",
+                                  "--find-links", "/w", "-r", f"{rel}/requirements.txt",
+                                  "gunicorn>=21"]
+
+
+@pytest.mark.parametrize("wheels", ["fetch", "wait"])
+def test_only_a_requirements_file_is_downloaded_for_the_fleet(host, wheels):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"pyproject.toml": PYPROJECT})
+    r, f = stage(host, wheels=wheels)  # a waiting host would wait 600 s: it must not
+    assert r.returncode == 0, r.stderr
+    assert f["wheels"] == "none" and f["venv_method"] == "project"
+    assert [c[0] for c in pip_calls(log)] == ["install"]
+
+
+def test_with_uv_the_tools_pip_downloads_for_the_fleet_and_uv_installs_from_there(host):
+    tmp, d, rel, log, *_ = host
+    write(rel, {"requirements.txt": "flask\n"})
+    bin_ = d / "tools" / "bin"
+    bin_.mkdir(parents=True)
+    q = render.shquote(str(log))
+    (bin_ / "uv").write_text(f'#!/bin/bash\nif [ "$1" = venv ]; then mkdir -p "${{@: -1}}/bin"; fi\n'
+                             f'printf "%s\\n" uv "$@" -- >> {q}\n')
+    (bin_ / "pip").write_text(f'#!/bin/bash\nprintf "%s\\n" tools-pip "$@" -- >> {q}\n')
+    for f in ("uv", "pip"):
+        (bin_ / f).chmod(0o755)
+    r, f = stage(host, wheels="fetch")
+    assert r.returncode == 0, r.stderr
+    assert f["venv_installer"] == "uv" and f["wheels"] == f"ready {f['key']}"
+    wh, v = f"{d}/wheels/R", f"{d}/venvs/{f['key']}"
+    calls = [c for c in pip_calls(log) if c[:2] != ["uv", "venv"]]
+    assert calls == [
+        ["tools-pip", "download", "-q", "--disable-pip-version-check", "-d", wh, "--no-index",
+         "--find-links", "/w", "-r", f"{rel}/requirements.txt", "gunicorn>=21"],
+        ["uv", "pip", "install", "-q", "--python", f"{v}/bin/python", "--no-config",
+         "--no-index", "--find-links", wh, "-r", f"{rel}/requirements.txt", "gunicorn>=21"]]
