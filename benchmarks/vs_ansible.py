@@ -224,8 +224,13 @@ def report(results: list[dict]) -> None:
     base = {r["hosts"]: r for r in results}
     first = results[0]["hosts"]
     print()
-    print("| Work | Ansible | deploytools | ratio | vs " f"{first} hosts | cores busy |")
-    print("|---|---|---|---|---|---|")
+    # The machine's CPU floor: the step's whole CPU time (the hosts' processes and the
+    # controller) spread over every core. A step near its floor is bound by this
+    # machine, where N hosts share its cores, not by the tool.
+    print("| Work | Ansible | deploytools | ratio | vs " f"{first} hosts | cores busy | "
+          "hosts' CPU per host | CPU floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    cores = os.cpu_count() or 1
     for r in results:
         n = r["hosts"]
         for step in STEPS:
@@ -233,8 +238,11 @@ def report(results: list[dict]) -> None:
             a = r["ansible"].get(step)
             ratio = f"{d / a:.2f}" if a else ""
             scale = (f"{d / base[first]['deploytools'][step]:.1f}x" if n != first else "")
+            busy = r.get("cores_busy", {}).get(step, 0)
+            hosts_cpu = busy * d - r.get("controller_cpu", {}).get(step, 0)
             print(f"| {step} ({n} hosts) | {f'{a:.1f} s' if a else '—'} | {d:.1f} s | "
-                  f"{ratio} | {scale} | {r.get('cores_busy', {}).get(step, 0):.1f} |")
+                  f"{ratio} | {scale} | {busy:.1f} | {hosts_cpu / n:.2f} s | "
+                  f"{busy * d / cores:.1f} s |")
     print()
     for r in results:
         print(f"{r['hosts']} hosts, load before each step: {'; '.join(r['load'])}")
