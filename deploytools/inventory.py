@@ -148,6 +148,10 @@ class Target:
         """Open the connection now (SSH: the handshake), so that the next step on this
         host does not wait for it. Raises ConnectionFailed."""
 
+    def connect_early(self) -> None:
+        """`connect`, while the controller does something else: never raises; a
+        failure is kept and raised by the next use, which does not try again."""
+
     def describe(self) -> str:
         return self.name
 
@@ -324,6 +328,7 @@ class SSHTarget(Target):
         self._conn = None
         self._own_gateways: list = []  # the bastion connections of an unpooled target
         self._lock = threading.Lock()
+        self._failed: ConnectionFailed | None = None  # connect_early's failure
 
     def describe(self) -> str:
         user = f"{self.host.user}@" if self.host.user else ""
@@ -333,10 +338,23 @@ class SSHTarget(Target):
     def connect(self) -> None:
         self._connection()
 
-    def _connection(self):
+    def connect_early(self) -> None:
+        try:
+            self._connection(early=True)
+        except Exception:  # noqa: BLE001 - kept in _failed, raised by the next use
+            pass
+
+    def _connection(self, *, early: bool = False):
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
             if self._conn is None:
-                self._conn = self._open()
+                try:
+                    self._conn = self._open()
+                except ConnectionFailed as e:
+                    if early:  # the same host a moment later: no second wait for it
+                        self._failed = e
+                    raise
             return self._conn
 
     def _open(self):
@@ -654,6 +672,21 @@ class Fleet:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def connect_early(targets: Iterable[Target], *, parallel: int = 8) -> None:
+    """Open the targets' connections in the background (at most `parallel` at once),
+    while the controller does its own work (a deploy's git fetch): the first step on
+    each host then finds it open. Daemon threads: an exit never waits for them."""
+    slots = threading.BoundedSemaphore(max(1, parallel))
+
+    def one(target: Target) -> None:
+        with slots:
+            target.connect_early()
+    with signals.held():
+        for target in targets:
+            threading.Thread(target=one, args=(target,), name=f"connect-{target.name}",
+                             daemon=True).start()
 
 
 def each(targets: Iterable[Target], fn: Callable[[Target], T], *, parallel: int = 8

@@ -20,7 +20,7 @@ from .errors import (ConfigError, ConnectionFailed, DeployError, HealthGateFaile
                      errors_text, fleet_failure)
 from .hooks import HookFailed, Hooks
 from .hoststate import inspect_all, inspect_script, parse_inspect
-from .inventory import Target, each
+from .inventory import Target, connect_early, each
 from . import plan as plan_mod
 from .script import fact_list, facts, guarded, write_file
 from .vcs import ServiceRepo
@@ -176,6 +176,8 @@ class Rollout:
     def run(self) -> dict:
         # Secrets first: a missing one stops the deploy before any host is touched.
         svc = self.service = secrets.resolve(self.service)
+        # The hosts' SSH handshakes overlap the controller's git fetch.
+        connect_early(self.session.fleet(self.hosts), parallel=svc.parallel)
         repo = self._resolve()
         commit = self.commit
         whole = set(self.hosts) == set(svc.hosts)  # a `host:` subset is not a stage's deploy

@@ -4,6 +4,7 @@ and the session that travels in invoke's context."""
 from __future__ import annotations
 
 import textwrap
+import time
 from types import SimpleNamespace as NS
 
 import paramiko
@@ -190,3 +191,33 @@ def test_a_broken_user_fabfile_is_a_usage_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith("Error: the fabfile found from "), err
     assert "no_such_module_here" in err and "Traceback" not in err
+
+
+def test_an_early_connection_failure_is_kept_for_the_first_step_not_waited_for_twice(
+        monkeypatch, tmp_path):
+    """Rollout connects the hosts while the controller fetches (inventory.connect_early):
+    a host that could not be reached then fails the first step with that error, without
+    a second connect_timeout; a host that was reached is not connected again."""
+    from deploytools.inventory import connect_early
+    opened = []
+
+    def fake_open(self):
+        opened.append(self.name)
+        if self.name == "down":
+            raise ConnectionFailed("could not connect to down: refused", host=self.name)
+        return NS(close=lambda: None)
+    monkeypatch.setattr(SSHTarget, "_open", fake_open)
+    ssh = NS(config_file=str(tmp_path / "none"), identity_file=None, known_hosts="/dev/null",
+             connect_timeout=1, forward_agent=False, command_timeout=60, keepalive=0)
+    up, down = (SSHTarget(NS(name=n, address="10.0.0.1", port=None, user=None,
+                             identity_file=None, local=False), ssh) for n in ("up", "down"))
+    connect_early([up, down], parallel=2)
+    deadline = time.monotonic() + 5
+    while sorted(opened) != ["down", "up"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    up.connect()
+    with pytest.raises(ConnectionFailed, match="could not connect to down"):
+        down.connect()
+    with pytest.raises(ConnectionFailed, match="could not connect to down"):
+        down.connect()
+    assert sorted(opened) == ["down", "up"]  # each opened once
