@@ -73,17 +73,30 @@ def log_size_script(path: str) -> str:
 
 
 def log_read_script(path: str, offset: int) -> str:
-    """The log from byte `offset` on; all of it if it shrank (rotated); nothing if absent."""
+    """The log's complete lines from byte `offset` on (from its start if it shrank:
+    rotated), then `@@end N`, the offset after them (split_read)."""
     return render.render_script("log_read.sh.j2", path=path, offset=int(offset))
 
 
+def split_read(text: str, offset: int) -> tuple[list[str], int]:
+    """A log_read_script's output: (its log lines, where the next read starts)."""
+    lines = text.splitlines()
+    if lines and lines[-1].startswith("@@end "):
+        return lines[:-1], int(lines[-1].split()[1])
+    return lines, offset  # cut short: read the same bytes again next time
+
+
 class AccessLogs:
-    """The hosts' access logs, read from where each one stood when the window opened."""
+    """The hosts' access logs, read from where each one stood when the window opened.
+    Each check reads only what was logged since the previous one (`read_to`) and adds
+    it up (`seen`): a bake costs its traffic once, however many checks it makes."""
 
     def __init__(self, fleet, service, names):
         self.fleet, self.service = fleet, service
         sizes = self._run(names, lambda t, path: log_size_script(path), "sizing")
         self.offsets = {n: int(out.strip() or 0) for n, out in sizes.items()}
+        self.read_to = dict(self.offsets)
+        self.seen = {n: health.Counts(0, 0) for n in names}
 
     def _path(self, t) -> str:
         return f"{self.service.dir_on(t.host)}/{self.service.access_log}"  # kind command: its output
@@ -104,10 +117,13 @@ class AccessLogs:
     def counts(self, names) -> dict[str, health.Counts]:
         """Each host's errors and requests logged since the window opened (the offsets),
         probes (the health path) excluded."""
-        texts = self._run(names, lambda t, path: log_read_script(path, self.offsets[t.name]),
+        texts = self._run(names, lambda t, path: log_read_script(path, self.read_to[t.name]),
                           "reading")
-        return {n: health.count_lines(text.splitlines(), exclude_paths=(self.service.health.path,))
-                for n, text in texts.items()}
+        for n, text in texts.items():
+            lines, self.read_to[n] = split_read(text, self.read_to[n])
+            self.seen[n] = self.seen[n] + health.count_lines(
+                lines, exclude_paths=(self.service.health.path,))
+        return {n: self.seen[n] for n in names}
 
 
 class HAProxyCounts:

@@ -75,11 +75,18 @@ def test_log_scripts_quote_the_path(tmp_path):
         return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
                               check=True).stdout
     assert run(gate.log_size_script(str(log))).strip() == "0"  # absent: nothing served yet
-    assert run(gate.log_read_script(str(log), 0)) == ""
+    assert run(gate.log_read_script(str(log), 0)) == "@@end 0\n"
     append(log, "0123456789\nabc\n")
     assert run(gate.log_size_script(str(log))).strip() == "15"
-    assert run(gate.log_read_script(str(log), 11)) == "abc\n"  # from the offset on
-    assert run(gate.log_read_script(str(log), 99)) == "0123456789\nabc\n"  # rotated: all
+    assert run(gate.log_read_script(str(log), 11)) == "abc\n@@end 15\n"  # from the offset on
+    # rotated: all of it
+    assert run(gate.log_read_script(str(log), 99)) == "0123456789\nabc\n@@end 15\n"
+    append(log, "de")  # a line being written: left for the next read
+    assert run(gate.log_read_script(str(log), 11)) == "abc\n@@end 15\n"
+    append(log, "f\n")
+    assert run(gate.log_read_script(str(log), 15)) == "def\n@@end 19\n"
+    assert gate.split_read("a\nb\n@@end 19\n", 11) == (["a", "b"], 19)
+    assert gate.split_read("a\nb", 11) == (["a", "b"], 11)  # cut short: no end said
 
 
 # --- AccessLogs ----------------------------------------------------------------
@@ -103,11 +110,14 @@ def test_access_logs_count_the_lines_after_the_offset(tmp_path):
                + "garbage\n" + '[99/Zzz/2024:00:00:00 +0000] x "GET /" 200 1 0\n')
         got = logs.counts(["a", "b"])
         assert got == {"a": Counts(1, 3), "b": Counts(0, 0)}
-        # The window grows with the bake; earlier lines are read again, not lost.
+        # The window grows with the bake: each check reads what is new and adds it up.
+        read_to = dict(logs.read_to)
         append(log_path(cfg, "a"), line(t + 2, 500))
         append(log_path(cfg, "b"), line(t + 1, 503) + line(t + 1))
         got = logs.counts(["a", "b"])
         assert got == {"a": Counts(2, 4), "b": Counts(1, 2)}
+        assert logs.read_to["a"] == read_to["a"] + len(line(t + 2, 500))
+        assert logs.counts(["a", "b"]) == got  # nothing new: nothing more
 
 
 def test_access_logs_read_a_rotated_log_from_its_start(tmp_path):
