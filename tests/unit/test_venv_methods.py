@@ -410,3 +410,14 @@ def test_with_uv_the_tools_pip_downloads_for_the_fleet_and_uv_installs_from_ther
          "--find-links", "/w", "-r", f"{rel}/requirements.txt", "gunicorn>=21"],
         ["uv", "pip", "install", "-q", "--python", f"{v}/bin/python", "--no-config",
          "--no-index", "--find-links", wh, "-r", f"{rel}/requirements.txt", "gunicorn>=21"]]
+
+
+def test_the_keys_interpreter_line_is_sys_version_so_existing_venvs_keep_their_keys():
+    """venv.sh.j2 hashes `$PY -VV` without its "Python " (no site import); the keys were
+    first computed from `print(sys.version)`: the same text, or every venv is rebuilt."""
+    import sys
+    vv = subprocess.run(["bash", "-c", f"{sys.executable} -VV | sed '1s/^Python //'"],
+                        capture_output=True, text=True, check=True).stdout
+    assert vv == sys.version + "\n"
+    assert "\"$PY\" -VV | sed '1s/^Python //'" in venv.build_script(
+        parse(YAML, "services.yaml", "/tmp").service("flaskr"), "/srv/f", "/srv/f/releases/R")
