@@ -20,6 +20,7 @@ import pytest
 import requests
 
 import build_repos
+from build_repos import Sub
 from sysenv import ServiceEnv
 
 pytestmark = pytest.mark.system
@@ -130,3 +131,25 @@ def test_a_new_requirement_is_downloaded_once_and_handed_to_every_host(oneget):
         assert rec["outcome"] == "success" and "venv_from_fleet_download" in rec["steps"], rec
     # What was handed over is gone once the deploy is done (the prune empties wheels/).
     assert all(list((env.srv(h) / "wheels").iterdir()) == [] for h in HOSTS)
+
+
+def test_when_the_first_host_cannot_download_the_others_install_from_the_index(oneget):
+    env, index = oneget
+    # web-0 (the first to stage) has no pip to download with: it says so at once, and
+    # nobody waits for a download that will not come.
+    pip = env.srv("web-0") / "tools" / "bin" / "pip"
+    pip.rename(pip.with_name("pip.off"))
+    try:
+        sha = env.sample.commit("skiff: a comment in the requirements", {
+            "requirements.txt": Sub(("gunicorn>=21\n", "# pinned by the platform team\n"
+                                                       "gunicorn>=21\n"))}, base="v3")
+        t0 = time.monotonic()
+        r = env.fab(f"deploy:{SVC},ref={sha}", timeout=240)
+        assert time.monotonic() - t0 < 120, r.stdout  # no host sat out its 600 s wait
+    finally:
+        pip.with_name("pip.off").rename(pip)
+    assert "downloaded once" not in r.stdout, r.stdout
+    assert env.revisions() == {h: sha for h in HOSTS}
+    for h in HOSTS:
+        rec = env.history(h)[-1]
+        assert "venv_built" in rec["steps"] and "venv_from_fleet_download" not in rec["steps"]
