@@ -1,7 +1,7 @@
 """A service's own supervisord, asked over its socket: status, and the rolling restart.
 
     python -I -S - SOCKET status GROUP
-        `supervisorctl status GROUP:*`, the same lines (parsed by
+        `supervisorctl status GROUP:*`: the same lines and exit status (parsed by
         deploytools.supervisor.parse_status and the remote programs' greps).
     python -I -S - SOCKET restart GROUP WORKERS_DIR|- START_WAIT STOP_WAIT
         `bin/ctl restart-program`: restart the processes so they run `current` afresh.
@@ -68,21 +68,23 @@ def namespec(info):
     return info["name"] if info["group"] == info["name"] else f"{info['group']}:{info['name']}"
 
 
-def status_line(info):
-    """One line of `supervisorctl status` (its template: name, state, description)."""
-    return f"{namespec(info):<32} {info['statename']:<10} {info['description']}".rstrip()
+def status_line(info, width=33):
+    """One line of `supervisorctl status`, in its template: the name padded to 3 more than
+    the longest name (at least 30), the state to 10, then supervisord's description."""
+    return f"{namespec(info):<{width}}{info['statename']:<10}{info['description']}"
 
 
 def status(rpc, group, out=sys.stdout):
-    """Print `supervisorctl status GROUP:*`; 0 when every process is RUNNING, else 3
-    (as supervisorctl)."""
+    """Print `supervisorctl status GROUP:*`; exit as supervisorctl does: 4 (unknown) for
+    no such group, 3 when a process is stopped, exited or fatal, else 0."""
     infos = [i for i in rpc.getAllProcessInfo() if i["group"] == group]
     if not infos:
         print(f"{group}: ERROR (no such group)", file=out)
-        return 3
+        return 4
+    width = max([30] + [len(namespec(i)) for i in infos]) + 3
     for info in infos:
-        print(status_line(info), file=out)
-    return 0 if all(i["statename"] == "RUNNING" for i in infos) else 3
+        print(status_line(info, width), file=out)
+    return 3 if any(i["statename"] in STOPPED for i in infos) else 0
 
 
 def parent_of(pid):
