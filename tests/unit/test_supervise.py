@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from xmlrpc.client import Fault
 from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
 
 import pytest
@@ -72,7 +73,7 @@ class Supervisord:
             self.procs[f"{group}:{name}"]["started"] -= startsecs  # RUNNING already
         self.server = _Server(self.sock)
         for fn in (self.getAllProcessInfo, self.getProcessInfo, self.stopProcess,
-                   self.startProcess):
+                   self.startProcess, self.signalProcessGroup):
             self.server.register_function(fn, "supervisor." + fn.__name__)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                        daemon=True)
@@ -142,6 +143,16 @@ class Supervisord:
             self.calls.append(("start", spec, wait))
             self._spawn(spec)
             return True
+
+    def signalProcessGroup(self, group, sig):
+        if group != self.group:
+            raise Fault(10, f"BAD_NAME: {group}")
+        with self.lock:
+            self.calls.append(("signal", group, sig))
+            return [{"group": p["group"], "name": p["name"],
+                     "status": 80 if self._info(n)["statename"] == "RUNNING" else 60,
+                     "description": "OK" if self._info(n)["statename"] == "RUNNING"
+                     else "NOT_RUNNING"} for n, p in self.procs.items()]
 
     def _booted_others(self, spec):
         """The other slots whose current master has a booted worker: at a stop, what is
@@ -218,6 +229,18 @@ def test_status_without_supervisord_says_it_as_supervisorctl_does(tmp_path, caps
     assert "no such file" in capsys.readouterr().err
 
 
+def test_signal_reaches_the_group_and_fails_naming_a_process_that_did_not_take_it(sd):
+    s = sd()
+    rpc = supervise.connect(s.sock)
+    assert supervise.signal(rpc, "skiff", "HUP") == 0
+    assert s.calls == [("signal", "skiff", "HUP")]
+    supervise.stop(rpc, "skiff:skiff_1", 5)
+    with pytest.raises(supervise.Failed, match=r"^skiff:skiff_1: ERROR \(NOT_RUNNING\)$"):
+        supervise.signal(rpc, "skiff", "HUP")
+    with pytest.raises(supervise.Failed, match=r"^other: ERROR \(BAD_NAME: other\)$"):
+        supervise.signal(rpc, "other", "HUP")
+
+
 def test_slots_restart_one_at_a_time_each_stopped_while_the_other_serves(sd):
     s = sd()
     old = {n: s.pid(n) for n in s.procs}
@@ -239,7 +262,7 @@ def test_slots_restart_one_at_a_time_each_stopped_while_the_other_serves(sd):
 def test_a_slot_that_does_not_boot_fails_and_the_other_keeps_serving(sd):
     s = sd()
     s.fail.add("skiff_0")
-    with pytest.raises(supervise.Failed, match=r"skiff:skiff_0 did not start: .*FATAL"):
+    with pytest.raises(supervise.Failed, match=r"skiff:skiff_0 does not start: .*FATAL"):
         restart(s)
     assert [c[:2] for c in s.calls] == [("stop", "skiff:skiff_0"), ("start", "skiff:skiff_0")]
     assert s.getProcessInfo("skiff:skiff_1")["statename"] == "RUNNING"
@@ -269,6 +292,14 @@ def test_one_process_says_it_drops_connections_and_waits_until_running(sd):
         "@@drops harbor binds its own port: connections are refused until it is back "
         "(socket: inherit avoids it)", f"@@slot_pids {s.pid('harbor:harbor')}"]
     assert s.getProcessInfo("harbor:harbor")["statename"] == "RUNNING"
+
+
+def test_one_process_that_does_not_start_fails_with_supervisords_verdict(sd):
+    s = sd(group="harbor", n=1)
+    s.fail.add("harbor")
+    with pytest.raises(supervise.Failed, match=r"^harbor:harbor does not start: harbor FATAL "
+                       r"Exited too quickly \(process log may have details\)$"):
+        restart(s)
 
 
 def test_a_process_that_does_not_stop_in_time_fails(sd):
