@@ -61,7 +61,7 @@ def _param(v):
         return f"<value><boolean>{int(v)}</boolean></value>"
     if isinstance(v, int):
         return f"<value><int>{v}</int></value>"
-    text = str(v).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = str(v).translate({38: "&#38;", 60: "&#60;", 62: "&#62;"})  # & < >
     return f"<value><string>{text}</string></value>"
 
 

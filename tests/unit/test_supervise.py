@@ -322,6 +322,12 @@ def test_parent_of_reads_proc_stat_whatever_the_command_is_named(tmp_path):
     assert supervise.parent_of(os.getpid()) == os.getppid()
 
 
+def test_calls_escape_what_xml_would_read_as_markup(sd):
+    s = sd()
+    with pytest.raises(supervise.Fault, match=r"BAD_NAME: a<b>&c"):
+        supervise.connect(s.sock).signalProcessGroup("a<b>&c", "HUP")
+
+
 def test_it_needs_only_the_standard_library(tmp_path):
     # The hosts run it with `python -I -S`: no site-packages, so no supervisor import.
     r = subprocess.run([sys.executable, "-I", "-S", "-", str(tmp_path / "none.sock"),
