@@ -111,6 +111,7 @@ def _script_env() -> jinja2.Environment:
     env.filters["b64"] = lambda v: base64.b64encode(
         v.encode() if isinstance(v, str) else v).decode()
     env.filters["octal"] = lambda v: Markup(f"{int(v):o}")
+    env.globals["supervise_program"] = supervise_program
     return env
 
 
@@ -153,9 +154,19 @@ def release_files(service, host, dir: str, release: str, commit: str) -> list[Fi
     return files
 
 
+@lru_cache(maxsize=1)
+def supervise_program() -> str:
+    """templates/remote/supervise.py: the Python program (standard library only) that
+    asks a service's supervisord over its socket for the status of its processes
+    (the remote programs' `status` function) and restarts them one slot at a time
+    (`bin/ctl restart-program`)."""
+    return (TEMPLATES / "remote" / "supervise.py").read_text()
+
+
 def service_files(service, host, dir: str) -> list[File]:
     ctx = dict(service=service, dir=dir, bind=bind_for(service, host),
-               inherit=service.socket == "inherit", templates=service.templates)
+               inherit=service.socket == "inherit", templates=service.templates,
+               supervise_program=supervise_program())
     return [
         File("etc/supervisord.conf", render("supervisord.conf.j2", **ctx)),
         File("bin/ctl", render("ctl.j2", **ctx), 0o755),
