@@ -298,3 +298,37 @@ def test_a_short_bake_takes_its_own_length_not_a_whole_second(tmp_path, servers)
     start, end = verdict.figures["window"]
     assert 0.299 <= end - start < 0.8 and took < 1.0, (start, end, took)  # ms rounding
     assert verdict.figures["hosts"]["a"]["log"][1] > 0  # ~100 lines a second were counted
+
+
+def test_reading_a_log_the_server_keeps_writing_never_fails(tmp_path):
+    """The bytes after the size the read took are for the next read: `head` stops
+    there, and `tail`, still writing, gets SIGPIPE, which must not fail the read
+    (pipefail: it failed a 16-host benchmark's gate, exit 141)."""
+    import threading
+    log = tmp_path / "access.log"
+    append(log, "x" * 99 + "\n")
+    stop = threading.Event()
+
+    def writer():
+        with open(log, "a") as f:
+            while not stop.is_set():
+                f.write(("y" * 99 + "\n") * 100)  # 10 KB at a time, ~10 MB/s
+                f.flush()
+                time.sleep(0.001)
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        offset, failures = 0, []
+        for _ in range(30):
+            r = subprocess.run(["bash", "-c", "set -euo pipefail\n" + gate.log_read_script(
+                str(log), offset)], capture_output=True, text=True)
+            if r.returncode != 0:
+                failures.append((r.returncode, r.stderr))
+                continue
+            lines, end = gate.split_read(r.stdout, offset)
+            assert all(len(x) == 99 for x in lines) and end > offset
+            offset = end
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
