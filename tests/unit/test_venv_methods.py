@@ -421,3 +421,24 @@ def test_the_keys_interpreter_line_is_sys_version_so_existing_venvs_keep_their_k
     assert vv == sys.version + "\n"
     assert "\"$PY\" -VV | sed '1s/^Python //'" in venv.build_script(
         parse(YAML, "services.yaml", "/tmp").service("flaskr"), "/srv/f", "/srv/f/releases/R")
+
+
+def test_a_waiting_host_waits_for_the_keys_text_not_only_its_file(host):
+    """put() creates the key file before it writes the key: an empty file is not yet
+    the answer (read then, it would be taken for "none")."""
+    import threading
+    tmp, d, rel, log, *_ = host
+    write(rel, {"requirements.txt": "flask\n"})
+    key = stage(host, wheels="fetch")[1]["key"]
+    log.unlink()
+    subprocess.run(["rm", "-rf", *map(str, (d / "venvs").iterdir())], check=True)
+    (d / "wheels" / "R.tar").unlink()
+    _handed_over(d, "")  # the tar is there; the key file, empty so far
+    later = threading.Timer(0.5, (d / "wheels" / "R.key").write_text, [key])
+    later.start()
+    try:
+        r, f = stage(host, wheels="wait")
+    finally:
+        later.cancel()
+    assert r.returncode == 0, r.stderr
+    assert f["wheels"] == "received", r.stdout
