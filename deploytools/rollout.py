@@ -654,7 +654,7 @@ class Rollout:
         if len(rest) < 2 or not self.planned.runs("venv"):
             return None
         return venv.Handover(rest[0], rest[1:], self.dir, self.release, say=self.say,
-                                 parallel=self.service.parallel)
+                             parallel=self.service.parallel)
 
     def _stage(self, folded: dict[str, str] | None = None) -> None:
         """Stage the release on every host: in a round trip of its own, except where
@@ -689,13 +689,9 @@ class Rollout:
                 self.staged_new.add(t.name)
             if "venv" in f:
                 run.steps.append(f"venv_{f['venv'].split()[0]}")
-            wheels = fact_list(out, "wheels")
-            if "received" in wheels and "fallback" not in wheels:
+            handed = fact_list(out, "wheels")  # a fallback also says so as a @@warning
+            if "received" in handed and "fallback" not in handed:
                 run.steps.append("venv_from_fleet_download")
-            if "fallback" in wheels:
-                why = ("the requirements downloaded for the fleet did not install here; "
-                       "installed from the index instead")
-                self.say("warning", f"  {t.name}: warning: {why}", host=t.name, warning=why)
             for warning in fact_list(out, "warning"):
                 self.say("warning", f"  {t.name}: warning: {warning}", host=t.name,
                          warning=warning)

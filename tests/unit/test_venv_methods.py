@@ -373,6 +373,7 @@ def test_what_does_not_install_from_the_download_installs_from_the_index(host):
     r, f = stage(host, wheels="fetch", environ={"FAIL_ISOLATED": "1"})
     assert r.returncode == 0, r.stderr
     assert f["wheels"] == "fallback" and f["venv"].startswith("built ")
+    assert "did not install here; installed from the index" in f["warning"]
     assert [c[0] for c in pip_calls(log)] == ["download", "install", "install"]
     assert pip_calls(log)[-1] == ["install", "-q", "--disable-pip-version-check", "--no-index",
                                   "--find-links", "/w", "-r", f"{rel}/requirements.txt",
