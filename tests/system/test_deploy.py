@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 
 import pytest
 
@@ -35,6 +36,16 @@ def test_setup_is_idempotent(deployenv):
         assert (d / "run" / "supervisor.sock").is_socket()
         pid = int((d / "run" / "supervisord.pid").read_text())
         os.kill(pid, 0)  # alive
+    # Nothing is deployed: the program is stopped, not tried again and again (a stop
+    # landing in a try's first milliseconds is lost, and the first deploy waited 15 s).
+    spawned = {h: (deployenv.srv(h) / "log" / "supervisord.log").read_text().count("spawned:")
+               for h in HOSTS}
+    status = deployenv.fab("status:airship").stdout
+    rows = [line.split() for line in status.splitlines() if line.startswith("web-")]
+    assert {row[0]: row[4] for row in rows} == {h: "STOPPED" for h in HOSTS}, status
+    time.sleep(2.5)  # supervisord's retries come 1, 2, 3 s apart
+    assert {h: (deployenv.srv(h) / "log" / "supervisord.log").read_text().count("spawned:")
+            for h in HOSTS} == spawned
 
 
 def test_first_deploy_serves_everywhere(deployenv):
