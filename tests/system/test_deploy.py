@@ -64,6 +64,9 @@ def test_first_deploy_serves_everywhere(deployenv):
         assert (d / "shared" / "media").is_dir()
         # gunicorn binds the host's own address, not a shared one
         assert deployenv.served(h)["hostname"] == h
+        # gunicorn's control socket (25.1+, one path for every master of the user) is off
+        log = (d / "log" / "error.log").read_text()
+        assert "Booting worker" in log and "Control socket" not in log
 
 
 def test_classic_syntax_deploys_one_host_only(deployenv):
