@@ -14,8 +14,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -513,45 +511,3 @@ def test_a_shared_directory_that_is_a_file_on_the_host_is_an_error(cfg, sandbox)
     (d / "shared" / "uploads").write_text("not a directory\n")
     r = run(releases.shared_script(cfg.service("air"), str(d), "R1"), cwd)
     assert r.returncode == 1 and f"{d}/shared/uploads is not a directory" in r.stderr
-
-
-def test_the_readiness_loop_looks_again_without_starting_a_process(cfg, tmp_path):
-    """wait_ready.sh.j2 reads each worker's marker with `read` and pauses between looks
-    with `read -t` on a FIFO: no `cat` per marker nor `sleep` per look (a fork and an exec
-    each, 20 looks a second on every host of a wave). Here the workers come up on the
-    release after 0.4 s, so it looks several times; `cat` and `sleep` on PATH record any
-    run, and the masters named in MASTERS are up, so supervisord is never asked."""
-    d = tmp_path / "srv" / "skiff"
-    (d / "run" / "workers").mkdir(parents=True)
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    ran = tmp_path / "ran"
-    for tool in ("cat", "sleep"):
-        (bin_ / tool).write_text(f"#!/bin/sh\necho {tool} >> {render.shquote(str(ran))}\n"
-                                 f"exec /bin/{tool} \"$@\"\n")
-        (bin_ / tool).chmod(0o755)
-    procs = [subprocess.Popen(["/bin/sleep", "30"]) for _ in range(4)]
-    masters, workers = procs[:2], procs[2:]
-    try:
-        for w in workers:
-            (d / "run" / "workers" / str(w.pid)).write_text("OLD-RELEASE")
-        up = threading.Timer(0.4, lambda: [(d / "run" / "workers" / str(w.pid)).write_text("REL")
-                                           for w in workers])
-        up.start()
-        t0 = time.monotonic()
-        r = subprocess.run(["bash", "-s"], capture_output=True, text=True, cwd=tmp_path,
-                           input=stdin_program(releases.wait_ready_script(
-                               cfg.service("skiff"), str(d), "REL", 10)),
-                           env=dict(os.environ, PATH=f"{bin_}:/usr/bin:/bin",
-                                    MASTERS=" ".join(str(m.pid) for m in masters)))
-        took = time.monotonic() - t0
-        up.join()
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    assert r.returncode == 0, r.stderr
-    assert facts(r.stdout)["ready"] == "2"
-    assert 0.4 <= took < 3  # it looked again and again until the markers changed
-    assert not ran.exists(), ran.read_text()
-    assert not list((d / "run").glob(".pause.*"))  # the FIFO is gone once opened
