@@ -99,6 +99,7 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
         out[f"migrate_none:{k}"] = releases.migrate_script(s, d, v, targets=[])
         out[f"venv:{k}"] = venv.build_script(s, d, d + "/releases/R")
         out[f"tools:{k}"] = venv.tools_script(s, d)
+        out[f"tools:{k}:pip"] = venv.tools_script(dataclasses.replace(s, installer="pip"), d)
         out[f"files:{k}"] = releases.service_files_script(s, host, d, supervisord_next=True)
         for force in (False, True):
             out[f"activate:{k}:{force}"] = releases.activate_script(s, d, v, force_restart=force)
