@@ -29,6 +29,7 @@ from invoke.exceptions import Exit, ParseError, UnexpectedExit
 from . import __version__, lazy
 from . import tasks as our_tasks
 from .booleans import FALSE as _FALSE, TRUE as _TRUE
+from .report import redact
 from .errors import DeployError, EXIT_USAGE, UsageError
 
 # Loaded to execute tasks, not to list them or to parse a command line: fabric's package
@@ -348,7 +349,8 @@ class DeployProgram(Program):
 
 
 def _fail(message: str, code: int):
-    print(f"Error: {message}", file=sys.stderr)
+    # What a host printed may be in the message.
+    print(f"Error: {redact(message)}", file=sys.stderr)
     sys.exit(code)
 
 

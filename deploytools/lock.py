@@ -34,6 +34,7 @@ import uuid
 from datetime import datetime, timezone
 
 from .errors import DeployError, LockedError, errors_text
+from .report import redact_json
 from . import signals
 from .inventory import each
 from . import render
@@ -412,7 +413,7 @@ def describe_holder(holder: dict) -> str:
 def history_append_script(dir: str, record: dict) -> str:
     """Append `record` as one JSON line to the host's history.jsonl (any size: the
     script travels on stdin and printf is a builtin, so no argument limit applies)."""
-    line = json.dumps(record, sort_keys=True, default=str)
+    line = redact_json(json.dumps(record, sort_keys=True, default=str))
     return render.render_script("history_append.sh.j2", dir=dir, line=line)
 
 

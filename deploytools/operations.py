@@ -517,6 +517,8 @@ def status(session, name: str) -> list[dict]:
 
 def setup(session, name: str) -> None:
     service, hosts = _service_and_hosts(session, name)
+    # The tools/ install may need the index's token; the app's secrets are not read.
+    service = secrets.resolve(service, settings=("pip_env",))
     with session.fleet(hosts) as fleet, \
             _lock(session, fleet, service, "setup"):
         def go(t):

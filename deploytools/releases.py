@@ -54,7 +54,7 @@ def setup_script(service, host, dir: str) -> str:
     return render.render_script(
         "setup.sh.j2", dir=dir, service=service, supervisor_package=venv.SUPERVISOR,
         uv_package=venv.UV,
-        pip_words=venv.pip_words(service),
+        pip_words=venv.pip_words(service), pip_env=venv.pip_environment(service),
         service_files=_service_files(service, host, dir, supervisord_next=False))
 
 

@@ -46,6 +46,23 @@ def pip_words(service) -> list[str]:
                           "quote the value with single quotes.") from None
 
 
+def pip_environment(service) -> dict[str, str]:
+    """`pip_env` with each secret's value, for the installers only (see _macros.sh.j2):
+    besides the env file, the one place a secret's value is revealed."""
+    return {k: v.reveal() if hasattr(v, "reveal") else v for k, v in service.pip_env.items()}
+
+
+def pip_env_key(service) -> str:
+    """What `pip_env` adds to the venv key: its names and plain values, not a secret's
+    value (a rotated token must not rebuild every virtualenv). Empty without pip_env,
+    so existing virtualenvs keep their keys."""
+    if not service.pip_env:
+        return ""
+    return "|pip_env:" + " ".join(
+        k if hasattr(v, "reveal") else f"{k}={shlex.quote(v)}"
+        for k, v in sorted(service.pip_env.items()))
+
+
 # Where a converted poetry.lock / Pipfile.lock goes in the release (venv.sh.j2 reads it).
 LOCKED = ".deploy/requirements.locked.txt"
 
@@ -87,9 +104,11 @@ def context(service, dir: str, release_dir: str, *, wheels: str | None = None) -
     controller hands over from there) or None (each host for itself); see Handover."""
     extras = extra_packages(service)
     # Unchanged since keys were first computed, so existing venvs keep their key.
-    key_inputs = f"{service.python}|{service.pip_args}|{' '.join(shlex.quote(p) for p in extras)}"
+    key_inputs = (f"{service.python}|{service.pip_args}|{' '.join(shlex.quote(p) for p in extras)}"
+                  + pip_env_key(service))
     return dict(service=service, dir=dir, release_dir=release_dir, uv_package=UV, locked=LOCKED,
                 extras=extras, key_inputs=key_inputs, pip_words=pip_words(service),
+                pip_env=pip_environment(service),
                 wheels=wheels, wheels_dir=wheels_dir(dir, release_dir.rsplit("/", 1)[-1]))
 
 
@@ -199,4 +218,4 @@ def tools_script(service, dir: str) -> str:
     Prints `@@tools built`."""
     return render.render_script("tools.sh.j2", service=service, dir=dir,
                                 supervisor_package=SUPERVISOR, uv_package=UV,
-                                pip_words=pip_words(service))
+                                pip_words=pip_words(service), pip_env=pip_environment(service))

@@ -8,6 +8,16 @@ import fleet as fleet_mod  # tests/fleet.py
 from deploytools import config  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _secrets_read_by_one_test_stay_in_it():
+    """report.hide is process-wide (a deploy reads its secrets once): a value one test
+    resolved must not be redacted in the next test's output."""
+    from deploytools import report
+    before = list(report._hidden)
+    yield
+    report._hidden[:] = before
+
+
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory):
     """Four real sshd hosts, web-0..web-3 on 127.0.0.11-14:2222, each with

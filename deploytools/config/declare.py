@@ -436,6 +436,20 @@ def env_name(value: str) -> None:
                          "(letters, digits and '_', not starting with a digit)")
 
 
+# Names the staging program itself needs as they are (pip_env is unset after the
+# installers, which would take them from it too).
+SHELL_NAMES = frozenset({"PATH", "HOME", "IFS", "PWD", "OLDPWD", "SHELL", "USER", "LOGNAME",
+                         "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "CDPATH", "TMPDIR"})
+
+
+def installer_env_name(value: str) -> None:
+    env_name(value)
+    if value in SHELL_NAMES or value.startswith(("BASH_", "LD_")):
+        raise ValueError(f"{value} is not for pip_env: the programs on the host need it as "
+                         "it is; pip_env is for the installers' own settings (PIP_*, UV_*, "
+                         "a proxy, a CA bundle, ...)")
+
+
 def pathspec(value: str) -> None:
     """A build input: a path or glob relative to the repository."""
     if value.strip() == "" or value.startswith(("/", "~", ":")) or ".." in value.split("/"):

@@ -18,7 +18,7 @@ from .declare import (
     BOOL, BY_KIND, DJANGO_ONLY, INT, NUMBER, PATH, REQUIRED, ROLLOUT_STEP, STATUS, STR,
     Declared, ListOf, MapOf, Section, Setting, Type, absolute_path, address, all_of, app_ref,
     at_least, at_least_one, at_most, bind_address, branch_name, build_output, did_you_mean,
-    env_name, env_value, host_root, migration_name, non_negative, nonblank, one_of, pathspec, port_number,
+    env_name, env_value, host_root, installer_env_name, migration_name, non_negative, nonblank, one_of, pathspec, port_number,
     positive, probability, program, rate, relative_path, repo_url, rollout_step, safe_path,
     shared_path,
     setting, settings_of, shell_line, single_line, small_rate, status, tag_prefix, url_path,
@@ -526,7 +526,22 @@ class Service(Declared):
                           "Interpreter that creates the virtualenv.", defaultable=True)
     pip_args: str = setting(
         STR, "", single_line,
-        "Extra arguments for `pip install`, e.g. `--index-url https://...`.", defaultable=True)
+        "Extra arguments for `pip install`, e.g. `--index-url https://...`. They are on "
+        "the installers' command lines on the hosts: put an index's credentials in "
+        "`pip_env` instead.", defaultable=True)
+    pip_env: Mapping[str, str | Secret] = setting(
+        MapOf("mapping NAME: string or secret", installer_env_name, _item(ENV_VALUE, env_value)),
+        None, None,
+        "Environment of pip and uv while they install into the service's virtualenvs and "
+        "`tools/` on the hosts, and of nothing else: a private index with its token, e.g. "
+        "`PIP_INDEX_URL: {from_env: INDEX_URL}` for pip and `UV_INDEX_URL: {from_env: "
+        "INDEX_URL}` for uv. Values are written as in `env`, and may be secrets "
+        "(`from_env`/`from_file`), read when a deploy starts. They reach the hosts inside "
+        "the staging program, on its standard input: never on a command line, in the "
+        "release or its env file; shown as `<secret>`, and a secret's value is replaced "
+        "by `<secret>` in what hosts print. The virtualenv's key covers the names and "
+        "the plain values, not a secret's value: a rotated token reuses it.",
+        defaultable=True, doc_default="`{}`")
     parallel: int = setting(INT, 32, at_least(1), "Most hosts worked on at once (a thread "
                             "and an SSH connection each, on the controller).", defaultable=True)
     templates: str | None = setting(  # absolute once loaded; searched before ours

@@ -460,6 +460,7 @@ def _service(r: _Reader, name: str, m: Map, line: int, defaults: Mapping[str, An
                "remove it.", lines["post_deploy_migrations"])
     v["post_deploy_migrations"] = v["post_deploy_migrations"] or ()
     v["env"] = FrozenMap({**(v["env"] or {}), **staged.get("env", {})})
+    v["pip_env"] = FrozenMap(v["pip_env"] or {})
     if "rollout" in staged:
         v["rollout"] = staged["rollout"]
     for key in ("production_branch", "tag_prefix"):  # a publishing stage's own

@@ -1,4 +1,5 @@
-"""Secrets out of services.yaml: an `env` value read at deploy time from the controller.
+"""Secrets out of services.yaml: an `env` (or `pip_env`) value read at deploy time from
+the controller.
 
     env:
       DJANGO_SETTINGS_MODULE: airship.settings        # a plain value, as written
@@ -14,7 +15,10 @@ ConfigError (exit 2) naming services.yaml's line and what to set.
 A resolved Secret still prints as `<secret>` (str, repr, f-strings, JSON through
 `masked`): its value comes out only through `reveal()`, which `render` calls for
 the env file (0600, written inside the staging program that reaches the host on
-stdin). Nothing else of the library calls it.
+stdin) and `venv.pip_environment` for `pip_env` (exported inside that program to
+pip and uv only). Nothing else of the library calls it. What hosts print goes
+through `report.redact` before it is shown or recorded: a tool that echoes a value it was
+given (a hook, an installer's error) does not leak it either.
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from deploytools.errors import ConfigError
+from deploytools.report import REDACTED, hide
 
-SHOWN = "<secret>"
+SHOWN = REDACTED
 SOURCES = ("from_env", "from_file")
 EXPECT = "a string, {from_env: NAME} or {from_file: PATH}"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -100,8 +105,14 @@ def is_secret(value: Any) -> bool:
     return isinstance(value, Secret)
 
 
-def secrets_of(service) -> dict[str, Secret]:
-    return {k: v for k, v in service.env.items() if isinstance(v, Secret)}
+# The settings of a service whose values may be secrets.
+SECRET_SETTINGS = ("env", "pip_env")
+
+
+def secrets_of(service) -> dict[tuple[str, str], Secret]:
+    """Every secret of a service, by (setting, name): ("env", "API_TOKEN")."""
+    return {(setting, k): v for setting in SECRET_SETTINGS
+            for k, v in getattr(service, setting).items() if isinstance(v, Secret)}
 
 
 HIDDEN = "<hidden>"
@@ -171,21 +182,24 @@ def _read(secret: Secret, environ: Mapping[str, str]) -> tuple[str | None, str]:
     return value, ""
 
 
-def resolve(service, environ: Mapping[str, str] | None = None):
-    """`service` with every secret's value read (the service itself if it has none).
+def resolve(service, environ: Mapping[str, str] | None = None, *,
+            settings: tuple[str, ...] = SECRET_SETTINGS):
+    """`service` with every secret's value read (the service itself if it has none),
+    of `settings` only if given (`setup` needs `pip_env`'s, not the app's `env`).
     Raises one ConfigError listing every secret that cannot be read, with its line."""
-    found = secrets_of(service)
+    found = {k: v for k, v in secrets_of(service).items() if k[0] in settings}
     if not found:
         return service
     environ = os.environ if environ is None else environ
-    resolved: dict[str, Any] = dict(service.env)
+    resolved = {setting: dict(getattr(service, setting)) for setting in SECRET_SETTINGS}
     problems: list[tuple[Secret, str, str]] = []
-    for key, secret in found.items():
+    for (setting, key), secret in found.items():
         value, why = _read(secret, environ)
         if value is None:
-            problems.append((secret, f"services.{service.name}.env.{key}", why))
+            problems.append((secret, f"services.{service.name}.{setting}.{key}", why))
         else:
-            resolved[key] = dataclasses.replace(secret, value=value)
+            hide(value)
+            resolved[setting][key] = dataclasses.replace(secret, value=value)
     if problems:
         first, where, why = problems[0]
         message = (f"{where}: {why}. Secrets are read when a deploy starts; nothing was "
@@ -194,4 +208,5 @@ def resolve(service, environ: Mapping[str, str] | None = None):
             at = f" (line {secret.line})" if secret.line else ""
             message += f" Also {where}{at}: {why}."
         raise ConfigError(message, path=first.path, line=first.line)
-    return dataclasses.replace(service, env=type(service.env)(resolved))
+    return dataclasses.replace(service, **{setting: type(getattr(service, setting))(values)
+                                           for setting, values in resolved.items()})

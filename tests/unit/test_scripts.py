@@ -36,7 +36,9 @@ def services_yaml(v: str) -> str:
     """The sample services with the value `v` wherever services.yaml allows any text."""
     return yaml.safe_dump({
         "hosts": {"web-0": {"address": "10.0.0.10"}},
-        "defaults": {"pip_args": PIP_ARGS if v == PAYLOAD else "--no-index --find-links /w"},
+        "defaults": {"pip_args": PIP_ARGS if v == PAYLOAD else "--no-index --find-links /w",
+                     "pip_env": {"PIP_INDEX_URL": {"from_env": "AIR_TOKEN"},
+                                 "UV_EXTRA_INDEX_URL": f"http://x/{v}"}},
         "services": {
             "air": {"kind": "django", "repo": f"https://git.example.com/{v}.git",
                     "branch": "main/x-1", "hosts": ["web-0"], "app": "air.wsgi:application",
@@ -63,6 +65,11 @@ SERVICES = services_yaml(PAYLOAD)
 # single quotes", which is the point) and a quoted `"` kept in a variable
 # (SC2089/SC2090: "quotes will be treated literally", also the point).
 CASES = {"plain": ("x", "/srv/svc", ""), "hostile": (PAYLOAD, HOSTILE_DIR, ",SC2016,SC2089,SC2090")}
+
+
+def svc(cfg, name: str):
+    """A service as staging renders it: its pip_env secret (AIR_TOKEN) read."""
+    return secrets.resolve(cfg.service(name), {"AIR_TOKEN": "t0ken"}, settings=("pip_env",))
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +120,11 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     for release in ("20260102T030405Z-abcdef1", None):
         out[f"hook:{release}"] = hooks.hook_script(
             d, release, v, {"DEPLOYTOOLS_SERVICE": "air", "DEPLOYTOOLS_HOSTS": v}, 30)
-    s = cfg.service("harbor")
+    s = svc(cfg, "harbor")
     for reuse in (False, True):
         out[f"build:{reuse}"] = "R=/srv/harbor/releases/R\n" + releases.build_script(
             s, d, d + "/releases/R", reuse=reuse)
-    air = cfg.service("air")
+    air = svc(cfg, "air")
     out["prune"] = releases.prune_script(d, 3, [v, None])
     out["prune:none"] = releases.prune_script(d, 5, [])
     out["mark_rejected"] = releases.mark_rejected_script(d, v)
@@ -125,17 +132,17 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["manage:str"] = releases.manage_script(air, d, "R", "showmigrations --list")
     out["migrate"] = releases.migrate_script(air, d, v)
     out["read_migrations"] = releases.read_migrations_script(d, [v, "R 2"])
-    out["migrate_command"] = releases.migrate_command_script(cfg.service("skiff"), d, v)
+    out["migrate_command"] = releases.migrate_command_script(svc(cfg, "skiff"), d, v)
     out["stage:locked"] = releases.stage_script(
-        cfg.service("skiff"), host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33,
+        svc(cfg, "skiff"), host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33,
         {"ref": v}, locked=f"# {v}\nflask==3.1.3 --hash=sha256:{'a' * 64}\n")
     for wheels in ("fetch", "wait"):  # one download for the fleet (venv.Handover)
         out[f"stage:wheels:{wheels}"] = releases.stage_script(
-            cfg.service("skiff"), host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33, {"ref": v},
+            svc(cfg, "skiff"), host, d, "20260102T030405Z-abcdef1", "abcdef1" + "0" * 33, {"ref": v},
             wheels=wheels)
     out["lock_acquire"] = lock.acquire_script(d + "/.lock", json.dumps(dict(record, user=v)))
     out["lock_acquire:inspect"] = lock.acquire_script(
-        d + "/.lock", json.dumps(record), hoststate.inspect_script(cfg.service("air"), d))
+        d + "/.lock", json.dumps(record), hoststate.inspect_script(svc(cfg, "air"), d))
     out["guarded"] = guarded(lock.history_append_script(d, {"v": v}), "history") + \
         guarded(releases.prune_script(d, 3, [v]), "prune")
     out["lock_heartbeat"] = lock.heartbeat_script(d + "/.lock", record["id"])
@@ -261,7 +268,7 @@ else
 fi
 """)
     fake.chmod(0o755)
-    s = dataclasses.replace(cfg.service("air"), python=str(fake))
+    s = dataclasses.replace(svc(cfg, "air"), python=str(fake))
     script = venv.build_script(s, str(d), str(d / "releases" / "R"))
     (d / "venvs").mkdir(parents=True)
     (d / "releases" / "R").mkdir(parents=True)
@@ -277,8 +284,56 @@ fi
     assert facts(run(script, cwd).stdout)["venv"].startswith("reused ")  # same key
 
 
+def test_pip_env_reaches_pip_exactly_and_nothing_after_it(cfg, sandbox):
+    """pip_env's values (a secret among them) are in pip's environment as they are,
+    in no argument, and unset once the virtualenv is built."""
+    cwd, d = sandbox
+    token = "https://__token__:" + PAYLOAD + "@pypi.example.com/simple/"
+    fake = cwd / "python3"
+    # `-m venv DIR` makes a DIR/bin/pip that records its arguments and pip_env.
+    fake.write_text(f"""#!/bin/bash
+if [ "$1" = -m ]; then
+  mkdir -p "$3/bin"
+  printf '#!/bin/bash\\nprintf "%%s\\\\n" "$@" "PIP=$PIP_INDEX_URL" "UV=$UV_EXTRA_INDEX_URL" > %s\\n' \
+    {render.shquote(str(cwd / "pip-args"))} > "$3/bin/pip"
+  chmod +x "$3/bin/pip"
+else
+  echo 3.11.2
+fi
+""")
+    fake.chmod(0o755)
+    s = dataclasses.replace(secrets.resolve(cfg.service("air"), {"AIR_TOKEN": token}),
+                            python=str(fake))
+    script = venv.build_script(s, str(d), str(d / "releases" / "R"))
+    assert token not in script.replace(render.shquote(token), "")  # one quoted word, once
+    (d / "venvs").mkdir(parents=True)
+    (d / "releases" / "R").mkdir(parents=True)
+    (d / "releases" / "R" / "requirements.txt").write_text("Django\n")
+    r = run(script + 'echo "@@after ${PIP_INDEX_URL-unset} ${UV_EXTRA_INDEX_URL-unset}"\n', cwd)
+    assert r.returncode == 0, r.stderr
+    args = (cwd / "pip-args").read_text().splitlines()
+    assert args[-2:] == [f"PIP={token}", f"UV=http://x/{PAYLOAD}"]
+    assert not [a for a in args[:-2] if "__token__" in a or f"http://x/{PAYLOAD}" in a]
+    assert facts(r.stdout)["after"] == "unset unset"
+    # The key covers pip_env's names and plain values, not the secret's value.
+    key = facts(r.stdout)["venv"].split()[-1]
+    rotated = dataclasses.replace(s, pip_env=secrets.resolve(
+        cfg.service("air"), {"AIR_TOKEN": token + "2"}).pip_env)
+    assert facts(run(venv.build_script(rotated, str(d), str(d / "releases" / "R")),
+                     cwd).stdout)["venv"] == f"reused {key}"
+    other = dataclasses.replace(s, pip_env={**s.pip_env, "UV_EXTRA_INDEX_URL": "http://y/"})
+    assert facts(run(venv.build_script(other, str(d), str(d / "releases" / "R")),
+                     cwd).stdout)["venv"].startswith("built ")
+
+
+def test_without_pip_env_a_venv_keeps_its_key(cfg):
+    s = dataclasses.replace(svc(cfg, "air"), pip_env={})
+    assert venv.context(s, "/srv/air", "/srv/air/releases/R")["key_inputs"] == \
+        f"{s.python}|{s.pip_args}|'gunicorn>=21'"
+
+
 def test_pip_args_with_an_open_quote_is_a_config_error(cfg):
-    bad = dataclasses.replace(cfg.service("air"), pip_args="--no-index --find-links 'open")
+    bad = dataclasses.replace(svc(cfg, "air"), pip_args="--no-index --find-links 'open")
     with pytest.raises(ConfigError, match="pip_args"):
         venv.build_script(bad, "/srv/air", "/srv/air/releases/R")
 
@@ -288,7 +343,7 @@ def test_the_repo_url_is_an_argument_and_text_in_the_missing_commit_error(cfg, s
     d.mkdir(parents=True)
     origin = cwd / f"{PAYLOAD}.git"
     subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
-    s = dataclasses.replace(cfg.service("air"), repo=str(origin))
+    s = dataclasses.replace(svc(cfg, "air"), repo=str(origin))
     r = run(releases.mirror_script(s, str(d), "ab" * 20), cwd)
     assert (d / "repo" / "HEAD").exists()  # cloned from there
     assert r.returncode == 1
@@ -306,7 +361,7 @@ def test_migration_names_and_releases_are_arguments_not_code(cfg, sandbox):
     py.write_text('#!/bin/bash\nprintf "<%s>\\n" "$@" "$SECRET"\n')
     py.chmod(0o755)
     (rel / ".deploy" / "migrations.json").write_text('{"app": "0002_x"}\n')
-    s = cfg.service("air")
+    s = svc(cfg, "air")
     r = run(releases.manage_script(s, str(d), PAYLOAD, ["migrate", "--noinput", "app", PAYLOAD]),
             cwd)
     assert r.returncode == 0, r.stderr
@@ -354,7 +409,7 @@ def test_lock_history_prune_and_inspect_in_a_hostile_directory(cfg, sandbox):
     left = sorted(p.name for p in (d / "releases").iterdir())
     assert left == names[1:]  # the half-made one is gone; current and protected stay
 
-    st = hoststate.parse_inspect(run(hoststate.inspect_script(cfg.service("air"), str(d)),
+    st = hoststate.parse_inspect(run(hoststate.inspect_script(svc(cfg, "air"), str(d)),
                                     cwd).stdout, "air")
     assert st.current == names[2] and st.releases == names[1:]
 
@@ -396,7 +451,7 @@ def test_an_app_factory_reaches_gunicorn_as_one_word(cfg, sandbox):
     # start (what supervisord runs) and staging's --check-config both hand gunicorn
     # the reference exactly as written in services.yaml, quotes and all.
     cwd, d = sandbox
-    s = dataclasses.replace(cfg.service("skiff"), app=FACTORY)
+    s = dataclasses.replace(svc(cfg, "skiff"), app=FACTORY)
     host = cfg.hosts["web-0"]
     rel = d / "releases" / "R"
     (rel / ".deploy" / "venv" / "bin").mkdir(parents=True)
@@ -453,7 +508,7 @@ def _release(d: Path, name: str) -> Path:
 
 def test_shared_paths_are_linked_into_a_release_replacing_the_repositorys(cfg, sandbox):
     cwd, d = sandbox
-    s = cfg.service("air")  # shared: media/, uploads/, config/local.py, .env
+    s = svc(cfg, "air")  # shared: media/, uploads/, config/local.py, .env
     rel = _release(d, "R1")
     (rel / "media").mkdir()  # the repository has a media/ and a config/local.py
     (rel / "media" / "from-repo.png").write_text("repo")
@@ -483,7 +538,7 @@ def test_a_missing_shared_file_fails_naming_every_path_to_create(cfg, sandbox):
     rel = _release(d, "R1")
     (d / "shared" / "config").mkdir(parents=True)
     (d / "shared" / "config" / "local.py").mkdir()  # a directory is not the file
-    r = run(releases.shared_script(cfg.service("air"), str(d), "R1"), cwd)
+    r = run(releases.shared_script(svc(cfg, "air"), str(d), "R1"), cwd)
     assert r.returncode == 1
     assert f"missing on this host: create {d}/shared/config/local.py {d}/shared/.env " \
         in r.stderr, r.stderr
@@ -498,7 +553,7 @@ def test_a_shared_path_never_leads_out_of_the_release(cfg, sandbox, tmp_path_fac
     (d / "shared" / "config").mkdir(parents=True)
     (d / "shared" / "config" / "local.py").write_text("x\n")
     (d / "shared" / ".env").write_text("x\n")
-    r = run(releases.shared_script(cfg.service("air"), str(d), "R1"), cwd)
+    r = run(releases.shared_script(svc(cfg, "air"), str(d), "R1"), cwd)
     assert r.returncode == 1 and "config leads out of the release" in r.stderr, r.stderr
     assert list(outside.iterdir()) == []
 
@@ -510,5 +565,5 @@ def test_a_shared_directory_that_is_a_file_on_the_host_is_an_error(cfg, sandbox)
     (d / "shared" / "config" / "local.py").write_text("x\n")
     (d / "shared" / ".env").write_text("x\n")
     (d / "shared" / "uploads").write_text("not a directory\n")
-    r = run(releases.shared_script(cfg.service("air"), str(d), "R1"), cwd)
+    r = run(releases.shared_script(svc(cfg, "air"), str(d), "R1"), cwd)
     assert r.returncode == 1 and f"{d}/shared/uploads is not a directory" in r.stderr

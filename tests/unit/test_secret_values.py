@@ -4,13 +4,14 @@ but in the env file."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import textwrap
 
 import pytest
 
-from deploytools import render
+from deploytools import lock, render, report, venv
 from deploytools.config import parse, secrets
 from deploytools.errors import ConfigError
 
@@ -156,3 +157,61 @@ def test_a_secret_is_refused_where_a_plain_string_is_needed(tmp_path):
 def test_plan_and_status_hide_a_secret_written_in_plain_text(name, value, shown):
     assert secrets.shown(name, value) == shown
     assert secrets.masked({name: value}) == {name: shown}
+
+
+PIP_ENV_TEXT = """\
+hosts:
+  web-0: {address: 10.0.0.10}
+defaults:
+  pip_env:
+    PIP_INDEX_URL: {from_env: INDEX_URL}
+    UV_INDEX_URL: {from_env: INDEX_URL}
+services:
+  vault:
+    kind: flask
+    repo: /r/vault.git
+    hosts: [web-0]
+    app: vault:app
+    port: 8000
+    env:
+      SECRET_KEY: {from_env: VAULT_SECRET_KEY}
+"""
+
+
+def test_pip_env_secrets_are_read_with_the_others_and_setup_reads_only_them(tmp_path):
+    svc = parse(PIP_ENV_TEXT, str(tmp_path / "services.yaml")).service("vault")
+    assert svc.pip_env["PIP_INDEX_URL"].line == 5
+    with pytest.raises(ConfigError) as e:
+        secrets.resolve(svc, {})
+    assert "services.vault.env.SECRET_KEY: the environment variable VAULT_SECRET_KEY" in str(e.value)
+    assert "Also services.vault.pip_env.PIP_INDEX_URL (line 5): the environment variable " \
+           "INDEX_URL is not set here" in str(e.value)
+    url = "https://__token__:s3cr3t@pypi.example.com/simple/"
+    only = secrets.resolve(svc, {"INDEX_URL": url}, settings=("pip_env",))  # what setup reads
+    assert venv.pip_environment(only) == {"PIP_INDEX_URL": url, "UV_INDEX_URL": url}
+    assert str(only.pip_env["PIP_INDEX_URL"]) == "<secret>" and url not in repr(only)
+    with pytest.raises(RuntimeError, match="not resolved"):
+        render.service_env(only, None, "/srv/vault", "R", "c")  # the app's env was not read
+
+
+@pytest.mark.parametrize("name", ["PATH", "HOME", "LD_PRELOAD", "BASH_ENV", "IFS"])
+def test_pip_env_refuses_the_names_the_staging_program_needs(tmp_path, name):
+    text = PIP_ENV_TEXT.replace("PIP_INDEX_URL:", f"{name}:")
+    with pytest.raises(ConfigError) as e:
+        parse(text, str(tmp_path / "services.yaml"))
+    assert f"services.yaml:5: defaults.pip_env: {name} is not for pip_env" in str(e.value)
+
+
+def test_what_hosts_print_shows_a_read_secret_as_secret(tmp_path):
+    svc = parse(PIP_ENV_TEXT, str(tmp_path / "services.yaml")).service("vault")
+    token = 'to"ken\\' + "x" * 8
+    secrets.resolve(svc, {"INDEX_URL": token, "VAULT_SECRET_KEY": "abc"})
+    out = io.StringIO()
+    report.Reporter(stream=out).event("staged", f"  web-0: pip said {token}")
+    report.Reporter(json_mode=True, stream=out).event("staged", "x", output=f"ERROR {token}")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "  web-0: pip said <secret>"
+    assert json.loads(lines[1])["output"] == "ERROR <secret>"
+    script = lock.history_append_script("/srv/vault", {"error": f"pip: {token}"})
+    assert token not in script and json.dumps(token)[1:-1] not in script
+    assert report.redact("abc 1 abc") == "abc 1 abc"  # too short to hide: it would garble
