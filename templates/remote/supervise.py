@@ -7,6 +7,9 @@
         `supervisorctl signal SIGNAL GROUP:*` (a graceful reload: HUP for gunicorn).
     python -I -S - SOCKET restart GROUP WORKERS_DIR|- START_WAIT STOP_WAIT
         `bin/ctl restart-program`: restart the processes so they run `current` afresh.
+    python -I -S - SOCKET stop GROUP STOP_WAIT
+        `supervisorctl stop GROUP:*`, without losing a stop to a process that supervisord
+        has forked but not yet exec'd (see Forks).
 
 The restart: two slots sharing supervisord's socket (an fcgi-program) restart one at a
 time. A slot is stopped (gracefully) while the other accepts, started again, and
@@ -225,24 +228,108 @@ def booted(workers, master):
     return any(n.isdigit() and parent_of(n) == master for n in names)
 
 
-def stop(rpc, name, wait):
-    """Stop `name` gracefully (supervisord sends the stop signal, then SIGKILL after
-    `stopwaitsecs`) and poll until it is down."""
-    if rpc.getProcessInfo(name)["statename"] not in UP:
-        return
+def cmdline(pid):
+    """The command line of `pid` (bytes), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class Forks:
+    """Which processes are still supervisord's own fork, not yet the program it execs.
+
+    Until the exec the child runs supervisord's code, whose signal handlers only note a
+    signal for a main loop that the child never runs: the TERM of a stop is lost, and
+    supervisord waits `stopwaitsecs` (15 s) before its SIGKILL. A program that crashes
+    over and over (a broken release, nothing deployed yet) is often just forked when a
+    deploy stops it. Such a child still has supervisord's command line."""
+
+    def __init__(self, rpc):
+        self.rpc, self._parent = rpc, None
+
+    def forked_only(self, pid):
+        if not pid:
+            return False
+        if self._parent is None:
+            self._parent = cmdline(self.rpc.getPID()) or b""
+        return cmdline(pid) == self._parent
+
+    def wait(self, pid, wait=1.0):
+        """Until `pid` has exec'd (or is gone), at most `wait` seconds; True if it was
+        still a fork when asked."""
+        if not self.forked_only(pid):
+            return False
+        deadline = time.monotonic() + wait
+        while self.forked_only(pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return True
+
+
+def ask_stop(rpc, info, forks):
+    """Ask supervisord to stop one process (without waiting); its stop signal reaches the
+    program, not a fork that would lose it. Returns whether there was anything to stop."""
+    if info["statename"] not in UP:
+        return False
+    name = namespec_of(info)
+    if info["statename"] == "STARTING":
+        forks.wait(info["pid"])
     try:
         rpc.stopProcess(name, False)
     except Fault as e:
         if "NOT_RUNNING" not in e.faultString:  # it went down meanwhile
             raise Failed(f"{name} did not stop: {e.faultString}") from None
+        return False
+    after = rpc.getProcessInfo(name)
+    if after["statename"] == "STOPPING" and after["pid"] != info["pid"]:
+        # Started again between the look and the stop (a retry): our TERM may have
+        # reached its fork. Again, once it is the program (TERM is every slot's stop
+        # signal, see supervisord.conf.j2; a second one is harmless).
+        if forks.wait(after["pid"]):
+            try:
+                os.kill(after["pid"], 15)
+            except OSError:
+                pass
+    return True
+
+
+def namespec_of(info):
+    """GROUP:NAME, as the XML-RPC calls take a process (a [program:NAME] too)."""
+    return f"{info['group']}:{info['name']}"
+
+
+def wait_stopped(rpc, names, wait):
+    """Poll until every one of `names` is down; fail naming those that are not."""
     deadline = time.monotonic() + wait
     while True:
-        info = rpc.getProcessInfo(name)
-        if info["statename"] in STOPPED:
+        infos = {namespec_of(i): i for i in rpc.getAllProcessInfo()}
+        left = [n for n in names if n in infos and infos[n]["statename"] not in STOPPED]
+        if not left:
             return
         if time.monotonic() >= deadline:
-            raise Failed(f"{name} did not stop in {wait}s: {describe(info)}")
+            raise Failed("; ".join(f"{n} did not stop in {wait}s: {describe(infos[n])}"
+                                   for n in left))
         time.sleep(POLL)
+
+
+def stop(rpc, name, wait):
+    """Stop `name` gracefully (supervisord sends the stop signal, then SIGKILL after
+    `stopwaitsecs`) and poll until it is down."""
+    if ask_stop(rpc, rpc.getProcessInfo(name), Forks(rpc)):
+        wait_stopped(rpc, [name], wait)
+
+
+def stop_group(rpc, group, wait):
+    """`supervisorctl stop GROUP:*`: every process of `group` at once, each stop signal
+    reaching the program (see Forks); polls until all are down."""
+    infos = [i for i in rpc.getAllProcessInfo() if i["group"] == group]
+    if not infos:
+        raise Failed(f"{group}: ERROR (no such group)")
+    forks = Forks(rpc)
+    asked = [namespec_of(i) for i in infos if ask_stop(rpc, i, forks)]
+    wait_stopped(rpc, asked, wait)
+    return 0
 
 
 def start(rpc, name, workers, wait):
@@ -312,9 +399,10 @@ def restart(rpc, group, workers, start_wait, stop_wait, out=sys.stdout):
 
 
 def main(argv):
-    if len(argv) < 3 or argv[1] not in ("status", "signal", "restart"):
+    if len(argv) < 3 or argv[1] not in ("status", "signal", "restart", "stop"):
         print("usage: supervise.py SOCKET status GROUP | SOCKET signal GROUP SIGNAL | "
-              "SOCKET restart GROUP WORKERS_DIR|- START_WAIT STOP_WAIT", file=sys.stderr)
+              "SOCKET restart GROUP WORKERS_DIR|- START_WAIT STOP_WAIT | "
+              "SOCKET stop GROUP STOP_WAIT", file=sys.stderr)
         return 2
     path, command, group = argv[:3]
     try:
@@ -323,6 +411,8 @@ def main(argv):
             return status(rpc, group)
         if command == "signal":
             return signal(rpc, group, argv[3])
+        if command == "stop":
+            return stop_group(rpc, group, int(argv[3]))
         workers, start_wait, stop_wait = argv[3:]
         return restart(rpc, group, None if workers == "-" else workers,
                        int(start_wait), int(stop_wait))

@@ -55,8 +55,15 @@ class Supervisord:
     seconds instead (FATAL), `die` slots whose master exits once its worker booted."""
 
     def __init__(self, tmp: Path, group: str = "skiff", n: int = 2, *, boot: float = 0.15,
-                 startsecs: float = 0.4, stop_time: float = 0.1):
+                 startsecs: float = 0.4, stop_time: float = 0.1, forked: float = 0.0):
         self.group, self.boot, self.startsecs, self.stop_time = group, boot, startsecs, stop_time
+        # forked: a new process is first, for that long, a fork of "supervisord" (this
+        # process, FORK held) with its command line, where a TERM is noted and lost, as
+        # in supervisord's child before its exec; a stop then sends TERM for real and
+        # kills `stop_time` later, as supervisord does after stopwaitsecs.
+        self.forked = forked
+        self.parent = subprocess.Popen([sys.executable, "-c", FORK],
+                                       env=dict(os.environ, HOLD="1")) if forked else None
         self.workers = tmp / "workers"
         self.workers.mkdir()
         self.sock = str(tmp / "supervisor.sock")
@@ -73,7 +80,7 @@ class Supervisord:
             self.procs[f"{group}:{name}"]["started"] -= startsecs  # RUNNING already
         self.server = _Server(self.sock)
         for fn in (self.getAllProcessInfo, self.getProcessInfo, self.stopProcess,
-                   self.startProcess, self.signalProcessGroup):
+                   self.startProcess, self.signalProcessGroup, self.getPID):
             self.server.register_function(fn, "supervisor." + fn.__name__)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                        daemon=True)
@@ -91,8 +98,14 @@ class Supervisord:
             script = f'sleep {self.boot}; sleep 60 & touch "$1/$!"; sleep 0.1; kill $!; exit 1'
         else:
             script = f'sleep {self.boot}; sleep 60 & touch "$1/$!"; wait'
-        p["proc"] = subprocess.Popen(["sh", "-c", script, "sh", str(self.workers)],
-                                     start_new_session=True)
+        if self.forked:
+            p["proc"] = subprocess.Popen(
+                [sys.executable, "-c", FORK], start_new_session=True,
+                env=dict(os.environ, PROGRAM=script, WORKERS=str(self.workers),
+                         FORKED=str(self.forked)))
+        else:
+            p["proc"] = subprocess.Popen(["sh", "-c", script, "sh", str(self.workers)],
+                                         start_new_session=True)
         p["state"], p["started"] = "STARTING", time.monotonic()
 
     def _update(self, spec):
@@ -113,6 +126,11 @@ class Supervisord:
         if p["proc"] is not None and p["proc"].poll() is None:
             os.killpg(p["proc"].pid, signal.SIGKILL)
             p["proc"].wait()
+        elif p["proc"] is not None:
+            try:  # its worker, left by a master that took the TERM
+                os.killpg(p["proc"].pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def _info(self, spec):
         self._update(spec)
@@ -135,8 +153,15 @@ class Supervisord:
         with self.lock:
             self.calls.append(("stop", spec, wait, self._booted_others(spec)))
             p = self.procs[spec]
+            if self._info(spec)["statename"] not in ("STARTING", "RUNNING"):
+                raise Fault(70, f"NOT_RUNNING: {spec}")
             p["state"], p["stopping"] = "STOPPING", time.monotonic()
+            if self.forked:
+                p["proc"].send_signal(signal.SIGTERM)
             return True
+
+    def getPID(self):
+        return self.parent.pid if self.parent else os.getpid()
 
     def startProcess(self, spec, wait):
         with self.lock:
@@ -169,6 +194,21 @@ class Supervisord:
         self.server.server_close()
         for p in self.procs.values():
             self._kill(p)
+        if self.parent:
+            self.parent.kill()
+            self.parent.wait()
+
+
+# A fork of the stand-in's "supervisord": the same command line as its `parent` (HOLD
+# set: it only waits), then the program. A TERM before the exec is noted and lost.
+FORK = """
+import os, signal, sys, time
+if os.environ.get("HOLD"):
+    time.sleep(3600)
+signal.signal(signal.SIGTERM, lambda *a: None)
+time.sleep(float(os.environ["FORKED"]))
+os.execvp("sh", ["sh", "-c", os.environ["PROGRAM"], "sh", os.environ["WORKERS"]])
+"""
 
 
 @pytest.fixture
@@ -335,3 +375,57 @@ def test_it_needs_only_the_standard_library(tmp_path):
                                                    "supervise.py").read_text(),
                        capture_output=True, text=True)
     assert (r.returncode, r.stdout) == (4, f"unix://{tmp_path}/none.sock no such file\n")
+
+
+def _respawned(s, spec):
+    """`spec` started afresh by the stand-in, as a retry of supervisord's: a fork now."""
+    with s.lock:
+        s._kill(s.procs[spec])
+        s._spawn(spec)
+    pid = s.pid(spec)
+    # supervisord's child has its handlers from the fork; this one once Python set it.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        caught = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            return pid
+        time.sleep(0.005)
+    raise AssertionError("the fork did not take its TERM handler")
+
+
+def test_a_fork_loses_the_term_of_a_stop_as_supervisords_child_does(sd):
+    """The stand-in is honest: a stop asked of a just-forked process waits out the
+    stop time (supervisord's stopwaitsecs), then kills."""
+    s = sd(forked=0.3, stop_time=1.5)
+    pid = _respawned(s, "skiff:skiff_0")
+    rpc = supervise.connect(s.sock)
+    assert supervise.Forks(rpc).forked_only(pid)
+    t0 = time.monotonic()
+    rpc.stopProcess("skiff:skiff_0", False)
+    supervise.wait_stopped(rpc, ["skiff:skiff_0"], 5)
+    assert time.monotonic() - t0 >= 1.4
+
+
+def test_stop_waits_for_a_fork_to_exec_so_its_term_is_not_lost(sd):
+    s = sd(forked=0.3, stop_time=3)
+    pid = _respawned(s, "skiff:skiff_0")
+    rpc = supervise.connect(s.sock)
+    t0 = time.monotonic()
+    assert supervise.stop_group(rpc, "skiff", 10) == 0
+    took = time.monotonic() - t0
+    assert 0.25 <= took < 1.5, took  # the fork's 0.3 s, not the 3 s kill
+    assert {i["statename"] for i in rpc.getAllProcessInfo()} == {"STOPPED"}
+    assert not supervise.Forks(rpc).forked_only(pid)
+    stops = [c[1] for c in s.calls if c[0] == "stop"]
+    assert sorted(stops) == ["skiff:skiff_0", "skiff:skiff_1"]
+
+
+def test_stop_of_a_group_says_an_unknown_group_and_skips_what_is_down(sd):
+    s = sd()
+    rpc = supervise.connect(s.sock)
+    with pytest.raises(supervise.Failed, match=r"^nope: ERROR \(no such group\)$"):
+        supervise.stop_group(rpc, "nope", 5)
+    supervise.stop(rpc, "skiff:skiff_1", 5)
+    assert supervise.stop_group(rpc, "skiff", 5) == 0
+    assert [c[1] for c in s.calls if c[0] == "stop"] == ["skiff:skiff_1", "skiff:skiff_0"]
