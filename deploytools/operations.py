@@ -112,6 +112,12 @@ def _report_env(service, report, kind: str) -> None:
     """The service's env as services.yaml gives it, every secret `<secret>`."""
     report.event(kind, f"  env: {secrets.described(service.env)}",
                  env=secrets.masked(service.env))
+    if service.pip_env:
+        report.event(kind, f"  pip_env: {secrets.described(service.pip_env)}",
+                     pip_env=secrets.masked(service.pip_env))
+    warning = secrets.pip_args_warning(service)
+    if warning:
+        report.event("warning", f"  WARNING: {warning}", warning=warning)
 
 
 def _django(service) -> None:

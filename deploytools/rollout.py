@@ -176,6 +176,9 @@ class Rollout:
     def run(self) -> dict:
         # Secrets first: a missing one stops the deploy before any host is touched.
         svc = self.service = secrets.resolve(self.service)
+        warning = secrets.pip_args_warning(svc)
+        if warning:
+            self.say("warning", f"WARNING: {warning}", warning=warning)
         # The hosts' SSH handshakes overlap the controller's git fetch.
         connect_early(self.session.fleet(self.hosts), parallel=svc.parallel)
         repo = self._resolve()

@@ -122,6 +122,20 @@ _SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH", re.I
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)")
 
 
+_URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@")
+
+
+def pip_args_warning(service) -> str | None:
+    """What to say when `pip_args` holds a URL's credentials (a token as its user, or a
+    password): they are on the installers' command lines on the hosts, in `ps`."""
+    if not _URL_USERINFO.search(service.pip_args or ""):
+        return None
+    return (f"services.{service.name}.pip_args holds a URL's credentials: they are on pip's "
+            "and uv's command lines on every host while they run (ps shows them to every "
+            "user there). Move the index URL to pip_env (PIP_INDEX_URL / UV_INDEX_URL, "
+            "{from_env: NAME}).")
+
+
 def shown(name: str, value: Any) -> str:
     """How plan and status show one env value: a secret `<secret>`, a plain value as
     written, except a likely secret written in plain text (a name like SECRET_KEY or

@@ -150,6 +150,10 @@ def test_a_private_index_token_reaches_only_the_installers(depot):
         proc = env.fab("deploy:depot,ref=v1", "--json", env={"DEPOT_INDEX": index.url(first)})
         outputs.append(proc.stdout + proc.stderr)
         v1_requests = list(index.requests)
+        plan = env.fab("plan:depot,ref=v2", env={"DEPOT_INDEX": index.url(first)}).stdout
+        outputs.append(plan)
+        assert ("  pip_env: PIP_INDEX_URL=<secret> (from_env DEPOT_INDEX) UV_INDEX_URL=<secret> "
+                f"(from_env DEPOT_INDEX) PIP_CONFIG_FILE={os.devnull}") in plan, plan
         # The token rotated: same requirements, the same virtualenv.
         index.token = second
         proc = env.fab("deploy:depot,ref=v2", "--json", env={"DEPOT_INDEX": index.url(second)})

@@ -215,3 +215,19 @@ def test_what_hosts_print_shows_a_read_secret_as_secret(tmp_path):
     script = lock.history_append_script("/srv/vault", {"error": f"pip: {token}"})
     assert token not in script and json.dumps(token)[1:-1] not in script
     assert report.redact("abc 1 abc") == "abc 1 abc"  # too short to hide: it would garble
+
+
+@pytest.mark.parametrize("pip_args, warned", [
+    ("--index-url https://__token__:abc@pypi.example.com/simple/", True),
+    ("--extra-index-url https://deploy-token@pypi.example.com/simple/", True),
+    ("--index-url https://pypi.example.com/simple/ --find-links /w", False),
+    ("", False),
+])
+def test_credentials_in_pip_args_are_warned_about(tmp_path, pip_args, warned):
+    svc = dataclasses.replace(parse(PIP_ENV_TEXT, str(tmp_path / "services.yaml"))
+                              .service("vault"), pip_args=pip_args)
+    warning = secrets.pip_args_warning(svc)
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith("services.vault.pip_args holds a URL's credentials")
+        assert "pip_env" in warning and "abc" not in warning
