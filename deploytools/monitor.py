@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 
@@ -238,6 +239,11 @@ def _follow(service, targets, printer, lines: int) -> None:
                                 daemon=True) for t in targets]
     for th in threads:
         th.start()
+    # Ctrl-C (SIGINT) is how following ends, also for a monitor started with SIGINT
+    # ignored (a script's background job inherits that, and Python then raises no
+    # KeyboardInterrupt): `kill -INT` must still end it.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     try:
         # Sleep, not join: a join that Ctrl-C interrupts can leave a live thread
         # marked finished (CPython 3.11), and we must wait for each to end its tail.
@@ -249,3 +255,5 @@ def _follow(service, targets, printer, lines: int) -> None:
         stop.set()
         for th in threads:
             th.join(3)
+        if main:
+            signal.signal(signal.SIGINT, previous)

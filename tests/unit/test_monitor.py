@@ -127,7 +127,9 @@ def test_lines_mode_prints_each_log_of_each_host_prefixed(cfg, tmp_path):
         "h1 supervisord | h1 supervisord"]
 
 
-def test_follow_on_local_hosts_shows_each_new_line_and_ends_on_ctrl_c(cfg, tmp_path):
+@pytest.mark.parametrize("started", ["as usual", "with SIGINT ignored"])
+def test_follow_on_local_hosts_shows_each_new_line_and_ends_on_ctrl_c(cfg, tmp_path, started):
+    """`started` with SIGINT ignored: what a background job of a script inherits."""
     import os
     import signal
     import subprocess
@@ -141,7 +143,9 @@ def test_follow_on_local_hosts_shows_each_new_line_and_ends_on_ctrl_c(cfg, tmp_p
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploytools", "monitor:svc"], cwd=root, text=True,
         env=dict(os.environ, DEPLOYTOOLS_CONFIG=cfg.path), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(
+            signal.SIGINT, signal.SIG_IGN if started != "as usual" else signal.SIG_DFL))
     try:
         following = 0
         while following < 2:
