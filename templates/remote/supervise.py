@@ -254,7 +254,8 @@ class Forks:
             return False
         if self._parent is None:
             self._parent = cmdline(self.rpc.getPID()) or b""
-        return cmdline(pid) == self._parent
+        # (supervisord's own line unreadable, /proc mounted hidepid: nothing to go by)
+        return bool(self._parent) and cmdline(pid) == self._parent
 
     def wait(self, pid, wait=1.0):
         """Until `pid` has exec'd (or is gone), at most `wait` seconds; True if it was
