@@ -319,6 +319,11 @@ def _item(type_: Type, validator: Any = None) -> Setting:
     return Setting("", type_, REQUIRED, validator)
 
 
+def _env_map(name_rule) -> MapOf:
+    """`env`, a stage's `env`, `pip_env`: NAME: a string or a secret."""
+    return MapOf("mapping NAME: string or secret", name_rule, _item(ENV_VALUE, env_value))
+
+
 @dataclass(frozen=True)
 class Service(Declared):
     """`services.<name>:`: one service; keys marked defaultable may come from `defaults:`."""
@@ -417,7 +422,7 @@ class Service(Declared):
         "virtualenv is rebuilt exactly when the chosen method's inputs change.",
         defaultable=True)
     env: Mapping[str, str | Secret] = setting(
-        MapOf("mapping NAME: string or secret", env_name, _item(ENV_VALUE, env_value)),
+        _env_map(env_name),
         None, None,
         "Environment variables. Scalars are taken as written (`010` stays `010`, `yes` "
         "stays `yes`); an empty value must be written `\"\"`. A secret stays out of this "
@@ -530,7 +535,7 @@ class Service(Declared):
         "the installers' command lines on the hosts: put an index's credentials in "
         "`pip_env` instead.", defaultable=True)
     pip_env: Mapping[str, str | Secret] = setting(
-        MapOf("mapping NAME: string or secret", installer_env_name, _item(ENV_VALUE, env_value)),
+        _env_map(installer_env_name),
         None, None,
         "Environment of pip and uv while they install into the service's virtualenvs and "
         "`tools/` on the hosts, and of nothing else: a private index with its token, e.g. "
@@ -598,7 +603,7 @@ class Stage(Declared):
         "Roles replaced while this stage is selected, e.g. `web: [stg-0, stg-1]`.",
         doc_default="`{}`")
     env: Mapping[str, str | Secret] = setting(
-        MapOf("mapping NAME: string or secret", env_name, _item(ENV_VALUE, env_value)),
+        _env_map(env_name),
         None, None, "Merged over every service's `env`, key by key (the stage wins); a "
         "value may be a secret (`from_env`/`from_file`) like a service's.",
         doc_default="`{}`")

@@ -172,6 +172,11 @@ def namespec(info):
     return info["name"] if info["group"] == info["name"] else f"{info['group']}:{info['name']}"
 
 
+def namespec_of(info):
+    """GROUP:NAME, as the XML-RPC calls take a process (a [program:NAME] too)."""
+    return f"{info['group']}:{info['name']}"
+
+
 def describe(info):
     """A process for a message: NAME STATE description."""
     return f"{namespec(info)} {info['statename']} {info['description']}".rstrip()
@@ -295,11 +300,6 @@ def ask_stop(rpc, info, forks):
     return True
 
 
-def namespec_of(info):
-    """GROUP:NAME, as the XML-RPC calls take a process (a [program:NAME] too)."""
-    return f"{info['group']}:{info['name']}"
-
-
 def wait_stopped(rpc, names, wait):
     """Poll until every one of `names` is down; fail naming those that are not."""
     deadline = time.monotonic() + wait
@@ -367,7 +367,7 @@ def all_running(rpc, pids, wait):
     """Wait until every slot is RUNNING with the pid it was started with."""
     deadline = time.monotonic() + wait
     while True:
-        infos = {f"{i['group']}:{i['name']}": i for i in rpc.getAllProcessInfo()}
+        infos = {namespec_of(i): i for i in rpc.getAllProcessInfo()}
         for n, pid in pids.items():
             info = infos.get(n)
             if not info or info["statename"] not in ("STARTING", "RUNNING") or info["pid"] != pid:
@@ -382,7 +382,7 @@ def all_running(rpc, pids, wait):
 
 def restart(rpc, group, workers, start_wait, stop_wait, out=sys.stdout):
     """The rolling restart (see the top of this file)."""
-    slots = sorted(f"{i['group']}:{i['name']}" for i in rpc.getAllProcessInfo()
+    slots = sorted(namespec_of(i) for i in rpc.getAllProcessInfo()
                    if i["group"] == group)
     if not slots:
         raise Failed(f"{group}: ERROR (no such group)")
