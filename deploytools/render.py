@@ -163,10 +163,15 @@ def supervise_program() -> str:
     return (TEMPLATES / "remote" / "supervise.py").read_text()
 
 
+# supervisord calls a program RUNNING (started) after this many seconds up; the
+# rolling restart (supervise.py) asks it only from then on whether the slots are.
+STARTSECS = 1
+
+
 def service_files(service, host, dir: str) -> list[File]:
     ctx = dict(service=service, dir=dir, bind=bind_for(service, host),
                inherit=service.socket == "inherit", templates=service.templates,
-               supervise_program=supervise_program())
+               supervise_program=supervise_program(), startsecs=STARTSECS)
     return [
         File("etc/supervisord.conf", render("supervisord.conf.j2", **ctx)),
         File("bin/ctl", render("ctl.j2", **ctx), 0o755),
