@@ -111,6 +111,10 @@ def _script_env() -> jinja2.Environment:
     env.filters["b64"] = lambda v: base64.b64encode(
         v.encode() if isinstance(v, str) else v).decode()
     env.filters["octal"] = lambda v: Markup(f"{int(v):o}")
+    # The umask under which a new file gets mode v (less its x bits: a redirection
+    # creates a file 0666 at most), and whether v has any x bit.
+    env.filters["umask_for"] = lambda v: Markup(f"{0o777 & ~int(v):o}")
+    env.tests["executable"] = lambda v: bool(int(v) & 0o111)
     env.globals["supervise_program"] = supervise_program
     return env
 

@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -423,6 +424,82 @@ def test_write_file_is_0600_from_creation_and_survives_hostile_content(sandbox):
     assert r.stdout.strip() == "600" and (d / "env").read_text() == PAYLOAD + "\n"
     r = run(write_file(str(d / "no-such-dir" / "f"), "x", 0o644) + "\necho still-here", cwd)
     assert r.returncode != 0 and "still-here" not in r.stdout  # set -e stops at a failed write
+
+
+def test_write_file_gives_each_mode_whatever_was_there_and_keeps_the_umask(sandbox):
+    cwd, d = sandbox
+    d.mkdir(parents=True)
+    # a leftover temporary file, readable by all: the new text never goes into it
+    (d / "env.tmp").write_text("old")
+    (d / "env.tmp").chmod(0o644)
+    (d / "old-run").symlink_to(d / "elsewhere")
+    program = "\n".join([
+        "umask 002",
+        write_file(str(d / "env"), "S=1\n", 0o600),
+        write_file(str(d / "start"), "#!/bin/sh\n" + PAYLOAD, 0o755),
+        write_file(str(d / "conf"), PAYLOAD, 0o644),
+        write_file(str(d / "bin"), "a\0b'\n", 0o640),  # a NUL: base64
+        write_file(str(d / "old-run"), "x", 0o644),  # replaces a symlink, not its target
+        "umask",
+        "stat -c '%n %a' " + " ".join(render.shquote(str(d / n))
+                                     for n in ("env", "start", "conf", "bin", "old-run")),
+    ])
+    r = run(program, cwd)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "0002"
+    assert [line.rsplit(" ", 1)[1] for line in lines[1:]] == ["600", "755", "644", "640", "644"]
+    assert (d / "env").read_text() == "S=1\n" and (d / "conf").read_text() == PAYLOAD
+    assert (d / "start").read_text() == "#!/bin/sh\n" + PAYLOAD
+    assert (d / "bin").read_bytes() == b"a\0b'\n"
+    assert not (d / "old-run").is_symlink() and not (d / "elsewhere").exists()
+    assert not list(d.glob("*.tmp"))
+
+
+def macros(*names: str) -> str:
+    """The shell functions of templates/remote/_macros.sh.j2 called `names`, rendered."""
+    calls = "".join("{{ m.%s() }}\n" % n for n in names)
+    return str(render._script_env().from_string(
+        '{% import "remote/_macros.sh.j2" as m %}\n' + calls).render())
+
+
+def test_slot_states_counts_as_the_greps_it_replaced(tmp_path):
+    status = ("skiff:skiff_0                    RUNNING   pid 4242, uptime 0:00:05\n"
+              "skiff:skiff_1                    STARTING  \n"
+              "\n"
+              "skiff:RUNNING_x                  FATAL     Exited too quickly\n"
+              "harbor                           RUNNING   pid 77, uptime 1 day, 0:00:01\n"
+              "skiff:skiff_2                    BACKOFF   Exited too quickly\n")
+    r = run(macros("slot_states_function") + 'slot_states "$(cat status)"\n'
+            'echo "$n_all $n_run $n_up [$slot_pids]"\n'
+            'slot_states ""\necho "$n_all $n_run $n_up [$slot_pids]"\n',
+            _write(tmp_path, "status", status))
+    assert r.returncode == 0, r.stderr
+    # grep -c . / [[:space:]]RUNNING([[:space:]]|$) / (RUNNING|STARTING), and the pids
+    # that `sed 's/.* pid \([0-9]*\),.*/'` took
+    assert r.stdout.splitlines() == ["5 2 3 [4242 77 ]", "0 0 0 []"]
+
+
+def test_nap_waits_without_a_process_and_pid_alive_reads_a_pid_file(tmp_path):
+    (tmp_path / "live.pid").write_text(f"{os.getpid()}\n")
+    (tmp_path / "gone.pid").write_text("999999999")
+    r = run(macros("nap_function", "pid_alive_function") + textwrap.dedent("""\
+        t0=$EPOCHREALTIME; nap 0.3; t1=$EPOCHREALTIME
+        echo "napped $(( (${t1/./} - ${t0/./}) / 1000 ))"
+        pid_alive live.pid && echo live
+        pid_alive gone.pid || echo gone
+        pid_alive missing.pid || echo missing
+        : > empty.pid; pid_alive empty.pid || echo empty
+        """), tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert 280 <= int(lines[0].split()[1]) < 1000, lines
+    assert lines[1:] == ["live", "gone", "missing", "empty"]
+
+
+def _write(d: Path, name: str, text: str) -> Path:
+    (d / name).write_text(text)
+    return d
 
 
 # --- the transport: stdin, never argv -----------------------------------------------
