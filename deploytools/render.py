@@ -116,6 +116,7 @@ def _script_env() -> jinja2.Environment:
     env.filters["umask_for"] = lambda v: Markup(f"{0o777 & ~int(v):o}")
     env.tests["executable"] = lambda v: bool(int(v) & 0o111)
     env.globals["supervise_program"] = supervise_program
+    env.globals["check_config_program"] = check_config_program
     return env
 
 
@@ -165,6 +166,13 @@ def supervise_program() -> str:
     (the remote programs' `status` function) and restarts them one slot at a time
     (`bin/ctl restart-program`)."""
     return (TEMPLATES / "remote" / "supervise.py").read_text()
+
+
+@lru_cache(maxsize=1)
+def check_config_program() -> str:
+    """templates/remote/check_config.py: `gunicorn --check-config` without Python's
+    teardown, run with the release's python at staging."""
+    return (TEMPLATES / "remote" / "check_config.py").read_text()
 
 
 # supervisord calls a program RUNNING (started) after this many seconds up; the

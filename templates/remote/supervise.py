@@ -5,6 +5,9 @@
         deploytools.supervisor.parse_status and the remote programs' greps).
     python -I -S - SOCKET signal GROUP SIGNAL
         `supervisorctl signal SIGNAL GROUP:*` (a graceful reload: HUP for gunicorn).
+    python -I -S - SOCKET reload GROUP SIGNAL
+        `status`, then `signal` only when every process is RUNNING: the activation's
+        graceful reload, in one start-up and one look.
     python -I -S - SOCKET restart GROUP WORKERS_DIR|- START_WAIT STOP_WAIT [STARTSECS]
         `bin/ctl restart-program`: restart the processes so they run `current` afresh
         (STARTSECS: the program's `startsecs`, when supervisord calls it RUNNING).
@@ -197,10 +200,11 @@ def status_line(info, width=33):
     return f"{namespec(info):<{width}}{info['statename']:<10}{info['description']}"
 
 
-def status(rpc, group, out=sys.stdout):
+def status(rpc, group, out=sys.stdout, infos=None):
     """Print `supervisorctl status GROUP:*`; exit as supervisorctl does: 4 (unknown) for
     no such group, 3 when a process is stopped, exited or fatal, else 0."""
-    infos = [i for i in rpc.getAllProcessInfo() if i["group"] == group]
+    if infos is None:
+        infos = [i for i in rpc.getAllProcessInfo() if i["group"] == group]
     if not infos:
         print(f"{group}: ERROR (no such group)", file=out)
         return 4
@@ -221,6 +225,17 @@ def signal(rpc, group, sig):
         raise Failed("; ".join(f"{r['group']}:{r['name']}: ERROR ({r['description']})"
                                for r in failed))
     return 0
+
+
+def reload(rpc, group, sig, out=sys.stdout):
+    """Print the status (as `status`); then, only when every process of `group` is
+    RUNNING, send them `sig` and return 0. Otherwise return the status's exit (4), or 3:
+    nothing was signalled."""
+    infos = [i for i in rpc.getAllProcessInfo() if i["group"] == group]
+    rc = status(rpc, group, out, infos)
+    if not infos or any(i["statename"] != "RUNNING" for i in infos):
+        return rc or 3
+    return signal(rpc, group, sig)
 
 
 def parent_of(pid):
@@ -432,8 +447,9 @@ def restart(rpc, group, workers, start_wait, stop_wait, out=sys.stdout, startsec
 
 
 def main(argv):
-    if len(argv) < 3 or argv[1] not in ("status", "signal", "restart", "stop"):
+    if len(argv) < 3 or argv[1] not in ("status", "signal", "reload", "restart", "stop"):
         print("usage: supervise.py SOCKET status GROUP | SOCKET signal GROUP SIGNAL | "
+              "SOCKET reload GROUP SIGNAL | "
               "SOCKET restart GROUP WORKERS_DIR|- START_WAIT STOP_WAIT [STARTSECS] | "
               "SOCKET stop GROUP STOP_WAIT", file=sys.stderr)
         return 2
@@ -442,6 +458,8 @@ def main(argv):
         rpc = connect(path)
         if command == "status":
             return status(rpc, group)
+        if command == "reload":
+            return reload(rpc, group, argv[3])
         if command == "signal":
             return signal(rpc, group, argv[3])
         if command == "stop":
@@ -456,8 +474,8 @@ def main(argv):
         # As supervisorctl says it (deploytools.supervisor.parse_status reads UNKNOWN).
         why = {FileNotFoundError: "no such file", ConnectionRefusedError: "refused connection"}
         print(f"unix://{path} {why.get(type(e), e)}",
-              file=sys.stdout if command == "status" else sys.stderr)
-        return 4 if command == "status" else 1
+              file=sys.stdout if command in ("status", "reload") else sys.stderr)
+        return 4 if command in ("status", "reload") else 1
 
 
 if __name__ == "__main__":

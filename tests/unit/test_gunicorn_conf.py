@@ -162,3 +162,34 @@ def test_a_worker_that_fails_to_boot_keeps_its_status(serve):
     # gunicorn halts when a worker exits with WORKER_BOOT_ERROR (3) or APP_LOAD_ERROR (4)
     assert proc.wait(timeout=30) in (3, 4)
     assert "broken release" in (d / "log" / "error.log").read_text()
+
+
+# --- staging's check: templates/remote/check_config.py --------------------------------
+
+
+def check(tmp_path: Path, app_source: str) -> subprocess.CompletedProcess:
+    (tmp_path / "probe_app.py").write_text(textwrap.dedent(app_source))
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 1\n")
+    return subprocess.run(
+        [sys.executable, "-c", render.check_config_program(), "--check-config",
+         "-c", str(tmp_path / "gunicorn.conf.py"), "--chdir", str(tmp_path), "probe_app:app"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PROBE_DIR": str(tmp_path)})
+
+
+def test_the_check_passes_an_app_that_imports_and_ends_at_once(tmp_path):
+    started = time.monotonic()
+    r = check(tmp_path, APP + "import threading, time\n"
+              "threading.Thread(target=time.sleep, args=(30,)).start()\n")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert time.monotonic() - started < 20  # not held up by the app's thread
+    assert not list(tmp_path.glob("atexit.*"))  # nor its atexit functions: a check
+
+
+def test_the_check_fails_as_gunicorn_does_naming_the_error(tmp_path):
+    r = check(tmp_path, "import no_such_module_here\n")
+    assert r.returncode == 1
+    assert "Error while loading the application" in r.stderr
+    assert "No module named 'no_such_module_here'" in r.stderr
+    r = check(tmp_path, "application = None\n")  # no `app` in it
+    assert r.returncode == 1 and "Failed to find attribute 'app' in 'probe_app'" in r.stderr

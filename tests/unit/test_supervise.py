@@ -479,3 +479,21 @@ def test_stop_of_a_group_says_an_unknown_group_and_skips_what_is_down(sd):
     supervise.stop(rpc, "skiff:skiff_1", 5)
     assert supervise.stop_group(rpc, "skiff", 5) == 0
     assert [c[1] for c in s.calls if c[0] == "stop"] == ["skiff:skiff_1", "skiff:skiff_0"]
+
+
+def test_reload_signals_only_when_every_process_is_running(sd):
+    s = sd()
+    rpc = supervise.connect(s.sock)
+    out = io.StringIO()
+    assert supervise.reload(rpc, "skiff", "HUP", out=out) == 0
+    assert [line.split()[:2] for line in out.getvalue().splitlines()] == [
+        ["skiff:skiff_0", "RUNNING"], ["skiff:skiff_1", "RUNNING"]]
+    assert s.calls[-1] == ("signal", "skiff", "HUP")
+    supervise.stop(rpc, "skiff:skiff_1", 5)
+    calls, out = len(s.calls), io.StringIO()
+    assert supervise.reload(rpc, "skiff", "HUP", out=out) == 3  # as status says it
+    assert "skiff:skiff_1" in out.getvalue() and "STOPPED" in out.getvalue()
+    assert len(s.calls) == calls  # nothing signalled
+    out = io.StringIO()
+    assert supervise.reload(rpc, "nope", "HUP", out=out) == 4
+    assert out.getvalue() == "nope: ERROR (no such group)\n"
