@@ -446,8 +446,14 @@ def restart(rpc, group, workers, start_wait, stop_wait, out=sys.stdout, startsec
     return 0
 
 
+# Each command: how many arguments it takes after SOCKET COMMAND GROUP (least, most).
+ARGUMENTS = {"status": (0, 0), "signal": (1, 1), "reload": (1, 1), "restart": (3, 4),
+             "stop": (1, 1)}
+
+
 def main(argv):
-    if len(argv) < 3 or argv[1] not in ("status", "signal", "reload", "restart", "stop"):
+    least, most = ARGUMENTS.get(argv[1] if len(argv) > 1 else "", (None, None))
+    if len(argv) < 3 or least is None or not least <= len(argv) - 3 <= most:
         print("usage: supervise.py SOCKET status GROUP | SOCKET signal GROUP SIGNAL | "
               "SOCKET reload GROUP SIGNAL | "
               "SOCKET restart GROUP WORKERS_DIR|- START_WAIT STOP_WAIT [STARTSECS] | "

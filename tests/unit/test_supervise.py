@@ -497,3 +497,23 @@ def test_reload_signals_only_when_every_process_is_running(sd):
     out = io.StringIO()
     assert supervise.reload(rpc, "nope", "HUP", out=out) == 4
     assert out.getvalue() == "nope: ERROR (no such group)\n"
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["/s"], ["/s", "status"], ["/s", "nope", "skiff"], ["/s", "status", "skiff", "x"],
+    ["/s", "signal", "skiff"], ["/s", "reload", "skiff"], ["/s", "stop", "skiff"],
+    ["/s", "restart", "skiff", "-", "5"], ["/s", "restart", "skiff", "-", "5", "5", "1", "x"],
+])
+def test_a_wrong_command_line_is_a_usage_error_not_a_traceback(argv, capsys):
+    assert supervise.main(argv) == 2
+    assert capsys.readouterr().err.startswith("usage: supervise.py SOCKET status GROUP")
+
+
+@pytest.mark.parametrize("argv,rc", [
+    (["status", "skiff"], 4), (["reload", "skiff", "HUP"], 4), (["signal", "skiff", "HUP"], 1),
+    (["stop", "skiff", "5"], 1), (["restart", "skiff", "-", "5", "5"], 1),
+    (["restart", "skiff", "-", "5", "5", "1"], 1),
+])
+def test_each_right_command_line_gets_as_far_as_the_socket(argv, rc, tmp_path, capsys):
+    assert supervise.main([str(tmp_path / "none.sock")] + argv) == rc
+    assert "no such file" in "".join(capsys.readouterr())
