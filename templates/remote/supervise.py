@@ -238,13 +238,21 @@ def reload(rpc, group, sig, out=sys.stdout):
     return signal(rpc, group, sig)
 
 
-def parent_of(pid):
-    """The parent pid of `pid` (None once it is gone). /proc/PID/stat is
-    "pid (comm) state ppid ...", and comm may hold spaces and parentheses."""
+def proc_stat(pid):
+    """The fields of /proc/PID/stat after "pid (comm)": state, ppid, ... (comm may hold
+    spaces and parentheses); None once `pid` is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def parent_of(pid):
+    """The parent pid of `pid` (None once it is gone)."""
+    try:
+        return int(proc_stat(pid)[1])
+    except (TypeError, IndexError, ValueError):
         return None
 
 
@@ -259,11 +267,8 @@ def booted(workers, master):
 
 def gone(pid):
     """Has `pid` exited (no such process, or a zombie not yet reaped)?"""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+    fields = proc_stat(pid)
+    return not fields or fields[0] in ("Z", "X")
 
 
 def cmdline(pid):
@@ -423,7 +428,7 @@ def all_running(rpc, pids, wait, running_at=0.0):
         if time.monotonic() >= deadline:
             raise Failed(f"not RUNNING after {wait}s: "
                          + "; ".join(describe(infos[n]) for n in pids))
-        time.sleep(POLL * 3)
+        time.sleep(POLL * 3)  # each look asks supervisord: every 60 ms
 
 
 def restart(rpc, group, workers, start_wait, stop_wait, out=sys.stdout, startsecs=0.0):
@@ -460,6 +465,7 @@ def main(argv):
               "SOCKET stop GROUP STOP_WAIT", file=sys.stderr)
         return 2
     path, command, group = argv[:3]
+    reads_status = command in ("status", "reload")  # errors as supervisorctl status says them
     try:
         rpc = connect(path)
         if command == "status":
@@ -472,7 +478,8 @@ def main(argv):
             return stop_group(rpc, group, int(argv[3]))
         workers, start_wait, stop_wait, *startsecs = argv[3:]
         return restart(rpc, group, None if workers == "-" else workers,
-                       int(start_wait), int(stop_wait), startsecs=float(*startsecs or [0]))
+                       int(start_wait), int(stop_wait),
+                       startsecs=float(startsecs[0]) if startsecs else 0.0)
     except Failed as e:
         print(e, file=sys.stderr)
         return 1
@@ -480,8 +487,8 @@ def main(argv):
         # As supervisorctl says it (deploytools.supervisor.parse_status reads UNKNOWN).
         why = {FileNotFoundError: "no such file", ConnectionRefusedError: "refused connection"}
         print(f"unix://{path} {why.get(type(e), e)}",
-              file=sys.stdout if command in ("status", "reload") else sys.stderr)
-        return 4 if command in ("status", "reload") else 1
+              file=sys.stdout if reads_status else sys.stderr)
+        return 4 if reads_status else 1
 
 
 if __name__ == "__main__":
