@@ -133,11 +133,16 @@ def activate_script(service, dir: str, release: str, *, force_restart: bool = Fa
     master keeps its interpreter and environment.
     Prints `@@previous NAME` and `@@mode reload|restart|start`.
     """
+    return render.render_script("activate.sh.j2", service=service, dir=dir, release=release,
+                                **_bring_up(service, restart=force_restart))
+
+
+def _bring_up(service, *, restart: bool) -> dict:
+    """processes_up.sh.j2's `mode` (reload or restart: `reload_signal: restart` always
+    restarts) and `signal`, the graceful reload's (HUP where it is never sent)."""
     sig = service.reload_signal
-    return render.render_script(
-        "activate.sh.j2", service=service, dir=dir, release=release,
-        mode="restart" if force_restart or sig == "restart" else "reload",
-        signal=sig if sig != "restart" else "HUP")
+    return {"mode": "restart" if restart or sig == "restart" else "reload",
+            "signal": sig if sig != "restart" else "HUP"}
 
 
 def wait_ready_script(service, dir: str, release: str, timeout: float) -> str:
@@ -166,8 +171,8 @@ def ready_timeout(service) -> float:
 
 def reload_script(service, dir: str, *, hard: bool) -> str:
     """Restart (hard) or gracefully reload the live release."""
-    return render.render_script("reload.sh.j2", service=service, dir=dir, hard=hard,
-                                signal=service.reload_signal)
+    return render.render_script("reload.sh.j2", service=service, dir=dir,
+                                **_bring_up(service, restart=hard))
 
 
 def stop_script(service, dir: str) -> str:

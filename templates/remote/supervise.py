@@ -433,8 +433,10 @@ def all_running(rpc, pids, wait, running_at=0.0):
 
 def restart(rpc, group, workers, start_wait, stop_wait, out=sys.stdout, startsecs=0.0):
     """The rolling restart (see the top of this file)."""
-    slots = sorted(namespec_of(i) for i in rpc.getAllProcessInfo()
-                   if i["group"] == group)
+    # The slots that are down first: a RUNNING one serves while they come back.
+    slots = [namespec_of(i) for i in sorted(
+        (i for i in rpc.getAllProcessInfo() if i["group"] == group),
+        key=lambda i: (i["statename"] == "RUNNING", namespec_of(i)))]
     if not slots:
         raise Failed(f"{group}: ERROR (no such group)")
     if len(slots) < 2:
@@ -447,7 +449,7 @@ def restart(rpc, group, workers, start_wait, stop_wait, out=sys.stdout, startsec
         started = time.monotonic()
         pids[name] = start(rpc, name, workers, start_wait)
     all_running(rpc, pids, start_wait, running_at=started + startsecs)
-    print("@@slot_pids " + " ".join(str(pids[n]) for n in slots), file=out, flush=True)
+    print("@@slot_pids " + " ".join(str(pids[n]) for n in sorted(slots)), file=out, flush=True)
     return 0
 
 

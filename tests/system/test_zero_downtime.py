@@ -131,6 +131,27 @@ def test_hard_restart_without_a_failed_request(zd):
     assert_no_failures(stats)
 
 
+def test_graceful_restart_brings_a_stopped_slot_back_without_a_failed_request(zd):
+    # One slot of web-1 stopped by hand. A reload signals only when every slot runs:
+    # web-1 restarts one slot at a time, the stopped one first, so the other serves.
+    ctl = f"/srv/{SVC}/tools/bin/supervisorctl -c /srv/{SVC}/etc/supervisord.conf"
+
+    def masters(h):  # each slot's state and master pid, as supervisord says them
+        out = zd.fleet.ssh(h, f"{ctl} status || true", timeout=60).stdout
+        return [(line.split()[1], line.split()[3].rstrip(",") if "pid" in line else None)
+                for line in out.splitlines()]
+    zd.fleet.ssh("web-1", f"{ctl} stop {SVC}:{SVC}_1", timeout=60)
+    before = {h: masters(h) for h in HOSTS}
+    assert [s for s, _ in before["web-1"]] == ["RUNNING", "STOPPED"]
+    _, stats = under_load(zd, f"restart:{SVC}")
+    after = {h: masters(h) for h in HOSTS}
+    assert all([s for s, _ in after[h]] == ["RUNNING", "RUNNING"] for h in HOSTS), after
+    # The other hosts were reloaded (the same masters), web-1's slots restarted.
+    assert all(after[h] == before[h] for h in HOSTS if h != "web-1")
+    assert after["web-1"][0][1] != before["web-1"][0][1]
+    assert_no_failures(stats)
+
+
 def test_rollback_across_virtualenvs_without_a_failed_request(zd):
     venv = (zd.srv("web-0", SVC) / "current" / ".deploy" / "venv").resolve()
     _, stats = under_load(zd, f"rollback:{SVC}")

@@ -314,6 +314,22 @@ def test_slots_restart_one_at_a_time_each_stopped_while_the_other_serves(sd):
     assert all(s.getProcessInfo(n)["statename"] == "RUNNING" for n in s.procs)
 
 
+def test_a_slot_that_is_down_restarts_first_while_the_running_one_serves(sd):
+    # A FATAL or STOPPED slot next to a RUNNING one (the `restart` task, an activation
+    # that cannot reload both): the down one comes back before the RUNNING one stops.
+    s = sd()
+    supervise.stop(supervise.connect(s.sock), "skiff:skiff_1", 5)
+    s.calls.clear()
+    rc, out = restart(s)
+    assert rc == 0
+    assert s.calls == [("start", "skiff:skiff_1", False),
+                       ("stop", "skiff:skiff_0", False, ["skiff:skiff_1"]),
+                       ("start", "skiff:skiff_0", False)]
+    # The pids in the slots' order, as the readiness check reads them.
+    assert out == f"@@slot_pids {s.pid('skiff:skiff_0')} {s.pid('skiff:skiff_1')}\n"
+    assert all(s.getProcessInfo(n)["statename"] == "RUNNING" for n in s.procs)
+
+
 def test_a_restart_asks_supervisord_when_something_can_have_changed(sd):
     # Each call costs supervisord about a millisecond: the waits look at /proc, and
     # ask it once a process is gone, when RUNNING is due, or every 0.2 s all the same
