@@ -3,7 +3,8 @@
     python benchmarks/roundtrips.py OUT.json deploy:skiff,ref=v2 --json
 
 Every program sent to a host (`Target.run`, so one channel and one `bash -s`), and
-every file put or read, is one round trip. Each is filed under the phase it ran in:
+every file put or read (`put`, `get`, and the gate's `read_growing` of an access log:
+a few SFTP requests), is one round trip. Each is filed under the phase it ran in:
 `bake` (inside the gate's bake window, where the access logs are read), `heartbeat`
 (the lock's background beat, which only a deploy longer than its interval sees) or
 `release` (everything else: what the bar "at most 3 per host" counts). OUT.json gets
@@ -75,7 +76,7 @@ def main() -> None:
     out = sys.argv[1]
     inventory.Target.run = run
     for cls in (inventory.SSHTarget, inventory.LocalTarget):
-        for attr in ("put", "get", "stream"):
+        for attr in ("put", "get", "stream", "read_growing"):
             if attr in vars(cls):
                 _wrap(cls, attr)
     gate.bake = bake

@@ -21,7 +21,7 @@ import time
 
 import requests
 
-from . import health, lb, probe, render
+from . import health, lb, probe
 from .errors import DeployError, HealthGateFailed, fleet_failure
 from .inventory import each
 
@@ -67,60 +67,51 @@ class Prober:
         return total
 
 
-def log_size_script(path: str) -> str:
-    """Prints the log's size in bytes (0 when absent)."""
-    return render.render_script("log_size.sh.j2", path=path)
-
-
-def log_read_script(path: str, offset: int) -> str:
-    """The log's complete lines from byte `offset` on (from its start if it shrank:
-    rotated), then `@@end N`, the offset after them (split_read)."""
-    return render.render_script("log_read.sh.j2", path=path, offset=int(offset))
-
-
-def split_read(text: str, offset: int) -> tuple[list[str], int]:
-    """A log_read_script's output: (its log lines, where the next read starts)."""
-    lines = text.splitlines()
-    if lines and lines[-1].startswith("@@end "):
-        return lines[:-1], int(lines[-1].split()[1])
-    return lines, offset  # cut short: read the same bytes again next time
+def complete_lines(data: bytes) -> tuple[list[str], int]:
+    """The whole lines in `data` (a log's bytes from a read's start) and how many bytes
+    they take: a line still being written is left for the next read."""
+    n = data.rfind(b"\n") + 1
+    return data[:n].decode("utf-8", "replace").splitlines(), n
 
 
 class AccessLogs:
     """The hosts' access logs, read from where each one stood when the window opened.
     Each check reads only what was logged since the previous one (`read_to`) and adds
-    it up (`seen`): a bake costs its traffic once, however many checks it makes."""
+    it up (`seen`): a bake costs its traffic once, however many checks it makes. The
+    reads go through the host's SFTP session (`Target.read_growing`): no process on
+    the host for any of them, where a program per read started about ten (14 ms of the
+    host's CPU, every host, every check)."""
 
     def __init__(self, fleet, service, names):
         self.fleet, self.service = fleet, service
-        sizes = self._run(names, lambda t, path: log_size_script(path), "sizing")
-        self.offsets = {n: int(out.strip() or 0) for n, out in sizes.items()}
+        sizes = self._each(names, lambda t, path: t.read_growing(path, None), "sizing")
+        self.offsets = {n: size for n, (size, _, _) in sizes.items()}
         self.read_to = dict(self.offsets)
         self.seen = {n: health.Counts(0, 0) for n in names}
 
     def _path(self, t) -> str:
         return f"{self.service.dir_on(t.host)}/{self.service.access_log}"  # kind command: its output
 
-    def _run(self, names, script, what: str) -> dict[str, str]:
-        out, errors = each(
-            [self.fleet[n] for n in names],
-            lambda t: t.run(script(t, self._path(t)), what=f"{what} the access log").stdout,
-            parallel=self.service.parallel)
+    def _each(self, names, read, what: str) -> dict:
+        out, errors = each([self.fleet[n] for n in names],
+                           lambda t: read(t, self._path(t)), parallel=self.service.parallel)
         if errors:
             # No evidence fails the gate; a host that cannot be reached at all is not
             # the release's fault, and says so (the release is not marked rejected).
-            raise fleet_failure(errors, "cannot read the access log, so the gate has no "
-                                "evidence: " + "; ".join(f"{n}: {e}" for n, e in errors.items()),
-                                HealthGateFailed)
+            said = "; ".join(f"{n}: {e.message if isinstance(e, DeployError) else e}"
+                             for n, e in errors.items())
+            raise fleet_failure(errors, f"cannot read the access log ({what}), so the gate "
+                                f"has no evidence: {said}", HealthGateFailed)
         return out
 
     def counts(self, names) -> dict[str, health.Counts]:
         """Each host's errors and requests logged since the window opened (the offsets),
         probes (the health path) excluded."""
-        texts = self._run(names, lambda t, path: log_read_script(path, self.read_to[t.name]),
-                          "reading")
-        for n, text in texts.items():
-            lines, self.read_to[n] = split_read(text, self.read_to[n])
+        reads = self._each(names, lambda t, path: t.read_growing(path, self.read_to[t.name]),
+                           "reading")
+        for n, (_, start, data) in reads.items():
+            lines, used = complete_lines(data)
+            self.read_to[n] = start + used
             self.seen[n] = self.seen[n] + health.count_lines(
                 lines, exclude_paths=(self.service.health.path,))
         return {n: self.seen[n] for n in names}

@@ -8,6 +8,7 @@ command line.
 """
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import posixpath
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
-from . import signals
+from . import render, signals
 from .errors import ConnectionFailed, DeployError, RemoteCommandError
 
 # paramiko logs a failed handshake (with a traceback) through logging's last-resort
@@ -141,6 +142,13 @@ class Target:
     def get(self, path: str) -> bytes:
         raise NotImplementedError
 
+    def read_growing(self, path: str, offset: int | None) -> tuple[int, int, bytes]:
+        """A file that grows (a log), and may be rotated: (its size, START, its bytes from
+        START up to that size). START is `offset`, or 0 when the file is shorter than
+        `offset` (rotated); `offset` None: the size alone. (0, 0, b"") when it does not
+        exist. Bytes, not text: a caller counting offsets counts bytes."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -216,6 +224,13 @@ class LocalTarget(Target):
 
     def get(self, path: str) -> bytes:
         return Path(path).read_bytes()
+
+    def read_growing(self, path, offset):
+        try:
+            with open(path, "rb") as f:
+                return _read_growing(f, os.fstat(f.fileno()).st_size, offset)
+        except FileNotFoundError:
+            return 0, 0, b""
 
     def stream(self, script, on_line, *, stop=None):
         # Its own session, so stopping kills the whole script, not just bash.
@@ -329,6 +344,9 @@ class SSHTarget(Target):
         self._own_gateways: list = []  # the bastion connections of an unpooled target
         self._lock = threading.Lock()
         self._failed: ConnectionFailed | None = None  # connect_early's failure
+        self._sftp_lock = threading.Lock()
+        self._sftp_client = None  # opened by the first put, get or read_growing, then kept
+        self._no_sftp = False  # the host offers no SFTP
 
     def describe(self) -> str:
         user = f"{self.host.user}@" if self.host.user else ""
@@ -417,8 +435,9 @@ class SSHTarget(Target):
                 host=self.name) from None
         return conn
 
-    def _session(self):
-        """A new channel on the host's connection. Nothing was sent when this fails
+    def _session(self, *, agent: bool = True):
+        """A new channel on the host's connection (the agent forwarded on it if
+        ssh.forward_agent and `agent`). Nothing was sent when this fails
         (`delivered=False`): the host is as it was."""
         import paramiko
         from paramiko.agent import AgentRequestHandler
@@ -430,7 +449,7 @@ class SSHTarget(Target):
             conn = self._connection()
             # fabric's create_session, with a bound: a frozen host never grants a channel.
             chan = conn.transport.open_session(timeout=self.ssh.connect_timeout)
-            if self.ssh.forward_agent:
+            if self.ssh.forward_agent and agent:
                 conn._agent_handler = AgentRequestHandler(chan)
             return chan
         except ConnectionFailed as e:
@@ -537,26 +556,113 @@ class SSHTarget(Target):
 
     def put(self, data: bytes | str, path: str, mode: int = 0o644) -> None:
         raw = data.encode() if isinstance(data, str) else data
-        sftp = self._connection().sftp()
-        _sftp_makedirs(sftp, posixpath.dirname(path))
-        with sftp.open(path, "wb") as f:
-            f.chmod(mode)
-            f.set_pipelined(True)  # no wait for each 32 KiB write's answer
-            f.write(raw)
+        with self._sftp_lock:
+            sftp = self._sftp_or_fail(f"copy {path} there")
+            _sftp_makedirs(sftp, posixpath.dirname(path))
+            with sftp.open(path, "wb") as f:
+                f.chmod(mode)
+                f.set_pipelined(True)  # no wait for each 32 KiB write's answer
+                f.write(raw)
 
     def get(self, path: str) -> bytes:
-        sftp = self._connection().sftp()
-        with sftp.open(path, "rb") as f:
-            f.prefetch()  # every read requested at once, not one after another
-            return f.read()
+        with self._sftp_lock:
+            with self._sftp_or_fail(f"read {path}").open(path, "rb") as f:
+                f.prefetch()  # every read requested at once, not one after another
+                return f.read()
+
+    def read_growing(self, path, offset):
+        import paramiko
+        with self._sftp_lock:
+            sftp = self._sftp()
+            if sftp is not None:
+                try:
+                    try:
+                        f = sftp.open(path, "rb")
+                    except FileNotFoundError:
+                        return 0, 0, b""
+                    with f:
+                        return _read_growing(f, f.stat().st_size, offset)
+                except PermissionError as e:
+                    raise DeployError(f"cannot read {path} on {self.describe()}: {e}",
+                                      host=self.name) from None
+                except (OSError, EOFError, paramiko.SSHException) as e:
+                    raise self._sftp_lost(e) from None
+        # No SFTP here: a program prints the size and the bytes (base64).
+        return parse_read_growing(self.run(read_growing_script(path, offset),
+                                           what=f"reading {path}").stdout)
+
+    def _sftp(self):
+        """The host's SFTP session, opened by the first use and kept for the command
+        (no process started on the host for each use), with the step's bound
+        (ssh.command_timeout) on every answer; None when the host offers no SFTP (sshd
+        without `Subsystem sftp`). Called with _sftp_lock held."""
+        import paramiko
+        if self._sftp_client is None and not self._no_sftp:
+            chan = self._session(agent=False)
+            try:
+                chan.settimeout(self.default_timeout)
+                chan.invoke_subsystem("sftp")
+                self._sftp_client = paramiko.SFTPClient(chan)
+            except (OSError, EOFError, paramiko.SSHException) as e:
+                chan.close()
+                if isinstance(e, socket.timeout) or not self._conn.transport.is_active():
+                    raise self._sftp_lost(e) from None
+                self._no_sftp = True  # refused (or ended at once): the connection is fine
+        return self._sftp_client
+
+    def _sftp_or_fail(self, doing: str):
+        sftp = self._sftp()
+        if sftp is None:
+            raise DeployError(f"{self.describe()} offers no SFTP (sshd_config: Subsystem "
+                              f"sftp), so deploytools cannot {doing}", host=self.name)
+        return sftp
+
+    def _sftp_lost(self, e: BaseException) -> ConnectionFailed:
+        """The SFTP session failed: it is dropped (the next use opens another), and a
+        host that stopped answering is not asked again in this command."""
+        client, self._sftp_client = self._sftp_client, None
+        if client is not None:
+            client.close()
+        if isinstance(e, socket.timeout):
+            self.unresponsive = f"an SFTP request timed out after {self.default_timeout:g}s"
+            return ConnectionFailed(f"{self.unresponsive}: {self.describe()} stopped answering",
+                                    host=self.name)
+        return ConnectionFailed(f"lost the connection to {self.describe()}: "
+                                f"{e or type(e).__name__}", host=self.name)
 
     def close(self) -> None:
+        if self._sftp_client is not None:
+            self._sftp_client.close()
+            self._sftp_client = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         for gateway in reversed(self._own_gateways):
             gateway.close()
         self._own_gateways = []
+
+
+def read_growing_script(path: str, offset: int | None) -> str:
+    """Target.read_growing as a program, for a host that offers no SFTP."""
+    return render.render_script("read_growing.sh.j2", path=path, offset=offset)
+
+
+def parse_read_growing(out: str) -> tuple[int, int, bytes]:
+    """read_growing_script's output: (size, start, the bytes)."""
+    head, _, data = out.partition("\n")
+    size, start = (int(x) for x in head.split())
+    return size, start, base64.b64decode(data)
+
+
+def _read_growing(f, size: int, offset: int | None) -> tuple[int, int, bytes]:
+    """Target.read_growing on an open file `f` (local or SFTP) of `size` bytes."""
+    if offset is None:
+        return size, 0, b""
+    start = offset if offset <= size else 0
+    f.seek(start)
+    if size - start > 65536 and hasattr(f, "prefetch"):
+        f.prefetch(size)  # SFTP: every 32 KiB read requested at once
+    return size, start, f.read(size - start)
 
 
 def _sftp_makedirs(sftp, path: str) -> None:

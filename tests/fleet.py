@@ -363,8 +363,8 @@ UseDNS no
 PrintMotd no
 PrintLastLog no
 X11Forwarding no
-# paramiko / fabric's put() and get() use SFTP
-Subsystem sftp internal-sftp
+# paramiko / fabric's put() and get() use SFTP ("#" with sftp=False: none offered)
+{sftp}Subsystem sftp internal-sftp
 # deploys open many channels and connections at once
 MaxSessions 50
 MaxStartups 50
@@ -435,7 +435,7 @@ class Fleet:
     def __init__(self, base_dir: Union[str, Path], n: int = 4, prefix: str = "web",
                  first_octet: int = 11, ssh_port: int = SSH_PORT,
                  start_timeout: float = 30.0, lock_timeout: Optional[float] = None,
-                 stop_grace: float = 3.0):
+                 stop_grace: float = 3.0, sftp: bool = True):
         if not 1 <= n or first_octet + n - 1 > 254 or first_octet < 2:
             raise ValueError(f"cannot place {n} hosts from 127.0.0.{first_octet}")
         self._owner_pid = os.getpid()
@@ -449,6 +449,7 @@ class Fleet:
             lock_timeout = float(os.environ.get("DEPLOYTOOLS_FLEET_LOCK_TIMEOUT", "900"))
         self.lock_timeout = lock_timeout
         self.stop_grace = stop_grace
+        self.sftp = sftp  # False: the hosts' sshd offers no SFTP subsystem
         self._hosts = [
             FleetHost(name=f"{prefix}-{i}", address=f"127.0.0.{first_octet + i}",
                       ssh_port=ssh_port, hostdir=self.root / f"{prefix}-{i}",
@@ -684,7 +685,8 @@ class Fleet:
             (h.hostdir / "authorized_keys").write_text(pubkey)
             (h.hostdir / "authorized_keys").chmod(0o600)
             h.sshd_config.write_text(_SSHD_CONFIG.format(
-                name=h.name, address=h.address, port=h.ssh_port, hostdir=h.hostdir))
+                name=h.name, address=h.address, port=h.ssh_port, hostdir=h.hostdir,
+                sftp="" if self.sftp else "# "))
             for stale in (h.sshd_log, h.hostdir / "sshd.pid"):
                 if stale.exists():
                     stale.unlink()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploytools import config, gate
+from deploytools import config, gate, inventory
 from deploytools.errors import ConnectionFailed
 from deploytools.health import Counts
 from deploytools.inventory import Fleet
@@ -66,27 +66,39 @@ def append(path: Path, text: str) -> None:
 # --- scripts -----------------------------------------------------------------
 
 
-def test_log_scripts_quote_the_path(tmp_path):
-    script = gate.log_read_script("/srv/it's here/log/access.log", 12)
-    assert "'/srv/it'\"'\"'s here/log/access.log'" in script
-    log = tmp_path / "it's $(here)" / "access.log"
+def read_by_program(path, offset):
+    """Target.read_growing as a host without SFTP runs it: the program, in bash."""
+    out = subprocess.run(["bash", "-c", "set -euo pipefail\n"
+                          + inventory.read_growing_script(str(path), offset)],
+                         capture_output=True, text=True, check=True).stdout
+    return inventory.parse_read_growing(out)
 
-    def run(script):
-        return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                              check=True).stdout
-    assert run(gate.log_size_script(str(log))).strip() == "0"  # absent: nothing served yet
-    assert run(gate.log_read_script(str(log), 0)) == "@@end 0\n"
+
+def read_locally(path, offset):
+    return inventory.LocalTarget(config.Host(name="a", local=True)).read_growing(str(path), offset)
+
+
+@pytest.mark.parametrize("read", [read_by_program, read_locally], ids=["program", "file"])
+def test_read_growing_gives_the_bytes_from_the_offset_or_from_the_start_when_rotated(
+        tmp_path, read):
+    assert "'/srv/it'\"'\"'s here/log/access.log'" in inventory.read_growing_script(
+        "/srv/it's here/log/access.log", 12)
+    log = tmp_path / "it's $(here)" / "access.log"
+    assert read(log, None) == (0, 0, b"")  # absent: nothing served yet
+    assert read(log, 0) == (0, 0, b"")
     append(log, "0123456789\nabc\n")
-    assert run(gate.log_size_script(str(log))).strip() == "15"
-    assert run(gate.log_read_script(str(log), 11)) == "abc\n@@end 15\n"  # from the offset on
-    # rotated: all of it
-    assert run(gate.log_read_script(str(log), 99)) == "0123456789\nabc\n@@end 15\n"
-    append(log, "de")  # a line being written: left for the next read
-    assert run(gate.log_read_script(str(log), 11)) == "abc\n@@end 15\n"
-    append(log, "f\n")
-    assert run(gate.log_read_script(str(log), 15)) == "def\n@@end 19\n"
-    assert gate.split_read("a\nb\n@@end 19\n", 11) == (["a", "b"], 19)
-    assert gate.split_read("a\nb", 11) == (["a", "b"], 11)  # cut short: no end said
+    assert read(log, None) == (15, 0, b"")
+    assert read(log, 11) == (15, 11, b"abc\n")  # from the offset on
+    assert read(log, 99) == (15, 0, b"0123456789\nabc\n")  # rotated: all of it
+    with open(log, "ab") as f:
+        f.write(b"d\xc3\xa9\xff\x00\n")  # any bytes, exactly
+    assert read(log, 15) == (21, 15, b"d\xc3\xa9\xff\x00\n")
+
+
+def test_complete_lines_leave_a_line_being_written_for_the_next_read():
+    assert gate.complete_lines(b"a\nb\nc") == (["a", "b"], 4)
+    assert gate.complete_lines(b"c") == ([], 0)
+    assert gate.complete_lines("é\n".encode()) == (["é"], 3)  # bytes, not characters
 
 
 # --- AccessLogs ----------------------------------------------------------------
@@ -302,9 +314,8 @@ def test_a_short_bake_takes_its_own_length_not_a_whole_second(tmp_path, servers)
 
 def test_reading_a_log_the_server_keeps_writing_never_fails(tmp_path):
     """The bytes after the size the read took are for the next read: `head` stops
-    there, and `tail`, still writing, gets SIGPIPE, which must not fail the read
+    there, and `tail`, still writing, gets SIGPIPE, which must not fail the program
     (pipefail: it failed a 16-host benchmark's gate, exit 141)."""
-    import threading
     log = tmp_path / "access.log"
     append(log, "x" * 99 + "\n")
     stop = threading.Event()
@@ -318,17 +329,12 @@ def test_reading_a_log_the_server_keeps_writing_never_fails(tmp_path):
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     try:
-        offset, failures = 0, []
+        offset = 0
         for _ in range(30):
-            r = subprocess.run(["bash", "-c", "set -euo pipefail\n" + gate.log_read_script(
-                str(log), offset)], capture_output=True, text=True)
-            if r.returncode != 0:
-                failures.append((r.returncode, r.stderr))
-                continue
-            lines, end = gate.split_read(r.stdout, offset)
-            assert all(len(x) == 99 for x in lines) and end > offset
-            offset = end
+            _, start, data = read_by_program(log, offset)
+            lines, used = gate.complete_lines(data)
+            assert start == offset and all(len(x) == 99 for x in lines) and used > 0
+            offset += used
     finally:
         stop.set()
         thread.join()
-    assert failures == []

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploytools import gate, hooks, hoststate, lock, monitor, releases, render, supervisor, venv
+from deploytools import hooks, hoststate, inventory, lock, monitor, releases, render, supervisor, venv
 from deploytools.config import parse, secrets
 from deploytools.errors import ConfigError
 from deploytools.inventory import Fleet, stdin_program, stream_program
@@ -157,8 +157,8 @@ def _scripts(cfg, v: str, d: str) -> dict[str, str]:
     out["exec"] = releases.exec_script(d, f"flask --app flaskr init-db {v}")
     out["history_append"] = lock.history_append_script(d, {"user": v})
     out["history_read"] = lock.history_read_script(d, 20)
-    out["log_size"] = gate.log_size_script(d + "/log/access.log")
-    out["log_read"] = gate.log_read_script(d + "/log/access.log", 1234)
+    out["read_growing:size"] = inventory.read_growing_script(d + "/log/access.log", None)
+    out["read_growing"] = inventory.read_growing_script(d + "/log/access.log", 1234)
     out["write_file"] = write_file(d + "/x", v, 0o600)
     paths = monitor.log_paths(air, d)
     out["tail"] = monitor.tail_script(paths, 20, follow=False)
