@@ -435,16 +435,20 @@ class SSHTarget(Target):
                 host=self.name) from None
         return conn
 
+    def _still_answering(self) -> None:
+        """Raise (nothing sent) for a host that stopped answering earlier in this command."""
+        if self.unresponsive:
+            raise ConnectionFailed(f"{self.describe()} stopped answering earlier in this command "
+                                   f"({self.unresponsive}); not asking it again",
+                                   host=self.name, delivered=False)
+
     def _session(self, *, agent: bool = True):
         """A new channel on the host's connection (the agent forwarded on it if
         ssh.forward_agent and `agent`). Nothing was sent when this fails
         (`delivered=False`): the host is as it was."""
         import paramiko
         from paramiko.agent import AgentRequestHandler
-        if self.unresponsive:
-            raise ConnectionFailed(f"{self.describe()} stopped answering earlier in this command "
-                                   f"({self.unresponsive}); not asking it again",
-                                   host=self.name, delivered=False)
+        self._still_answering()
         try:
             conn = self._connection()
             # fabric's create_session, with a bound: a frozen host never grants a channel.
@@ -576,12 +580,12 @@ class SSHTarget(Target):
             sftp = self._sftp()
             if sftp is not None:
                 try:
-                    try:
-                        f = sftp.open(path, "rb")
-                    except FileNotFoundError:
-                        return 0, 0, b""
-                    with f:
+                    if offset is None:  # the size alone: one request
+                        return sftp.stat(path).st_size, 0, b""
+                    with sftp.open(path, "rb") as f:
                         return _read_growing(f, f.stat().st_size, offset)
+                except FileNotFoundError:
+                    return 0, 0, b""
                 except PermissionError as e:
                     raise DeployError(f"cannot read {path} on {self.describe()}: {e}",
                                       host=self.name) from None
@@ -597,6 +601,7 @@ class SSHTarget(Target):
         (ssh.command_timeout) on every answer; None when the host offers no SFTP (sshd
         without `Subsystem sftp`). Called with _sftp_lock held."""
         import paramiko
+        self._still_answering()  # the session may be open already
         if self._sftp_client is None and not self._no_sftp:
             chan = self._session(agent=False)
             try:
