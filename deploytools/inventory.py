@@ -346,7 +346,7 @@ class SSHTarget(Target):
         self._failed: ConnectionFailed | None = None  # connect_early's failure
         self._sftp_lock = threading.Lock()
         self._sftp_client = None  # opened by the first put, get or read_growing, then kept
-        self._no_sftp = False  # the host offers no SFTP
+        self._no_sftp = ""  # why the host's SFTP does not work, once known
 
     def describe(self) -> str:
         user = f"{self.host.user}@" if self.host.user else ""
@@ -589,7 +589,7 @@ class SSHTarget(Target):
                 except PermissionError as e:
                     raise DeployError(f"cannot read {path} on {self.describe()}: {e}",
                                       host=self.name) from None
-                except (OSError, EOFError, paramiko.SSHException) as e:
+                except (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError) as e:
                     raise self._sftp_lost(e) from None
         # No SFTP here: a program prints the size and the bytes (base64).
         return parse_read_growing(self.run(read_growing_script(path, offset),
@@ -608,18 +608,22 @@ class SSHTarget(Target):
                 chan.settimeout(self.default_timeout)
                 chan.invoke_subsystem("sftp")
                 self._sftp_client = paramiko.SFTPClient(chan)
-            except (OSError, EOFError, paramiko.SSHException) as e:
+            except (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError) as e:
                 chan.close()
                 if isinstance(e, socket.timeout) or not self._conn.transport.is_active():
                     raise self._sftp_lost(e) from None
-                self._no_sftp = True  # refused (or ended at once): the connection is fine
+                # Refused, ended at once, or garbled (a shell startup file that prints,
+                # read by the shell sshd starts sftp-server with): the connection is fine.
+                self._no_sftp = f"{e or type(e).__name__}"
         return self._sftp_client
 
     def _sftp_or_fail(self, doing: str):
         sftp = self._sftp()
         if sftp is None:
-            raise DeployError(f"{self.describe()} offers no SFTP (sshd_config: Subsystem "
-                              f"sftp), so deploytools cannot {doing}", host=self.name)
+            raise DeployError(f"{self.describe()} offers no SFTP that works ({self._no_sftp}; "
+                              "sshd_config's Subsystem sftp, and a shell startup file such as "
+                              f"~/.bashrc must print nothing), so deploytools cannot {doing}",
+                              host=self.name)
         return sftp
 
     def _sftp_lost(self, e: BaseException) -> ConnectionFailed:
@@ -653,8 +657,12 @@ def read_growing_script(path: str, offset: int | None) -> str:
 
 
 def parse_read_growing(out: str) -> tuple[int, int, bytes]:
-    """read_growing_script's output: (size, start, the bytes)."""
-    head, _, data = out.partition("\n")
+    """read_growing_script's output: (size, start, the bytes). What a shell startup file
+    printed before it is skipped."""
+    _, marker, rest = out.partition("@@read_growing ")
+    if not marker:
+        raise DeployError(f"reading a file printed no @@read_growing line: {out[-300:]!r}")
+    head, _, data = rest.partition("\n")
     size, start = (int(x) for x in head.split())
     return size, start, base64.b64decode(data)
 

@@ -47,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 __all__ = [
     "FleetError",
@@ -363,8 +363,8 @@ UseDNS no
 PrintMotd no
 PrintLastLog no
 X11Forwarding no
-# paramiko / fabric's put() and get() use SFTP ("#" with sftp=False: none offered)
-{sftp}Subsystem sftp internal-sftp
+# paramiko / fabric's put() and get() use SFTP (Fleet's `sftp`: this command, or none)
+{sftp}
 # deploys open many channels and connections at once
 MaxSessions 50
 MaxStartups 50
@@ -435,7 +435,8 @@ class Fleet:
     def __init__(self, base_dir: Union[str, Path], n: int = 4, prefix: str = "web",
                  first_octet: int = 11, ssh_port: int = SSH_PORT,
                  start_timeout: float = 30.0, lock_timeout: Optional[float] = None,
-                 stop_grace: float = 3.0, sftp: bool = True):
+                 stop_grace: float = 3.0,
+                 sftp: Union[str, None, Sequence[Optional[str]]] = "internal-sftp"):
         if not 1 <= n or first_octet + n - 1 > 254 or first_octet < 2:
             raise ValueError(f"cannot place {n} hosts from 127.0.0.{first_octet}")
         self._owner_pid = os.getpid()
@@ -449,7 +450,8 @@ class Fleet:
             lock_timeout = float(os.environ.get("DEPLOYTOOLS_FLEET_LOCK_TIMEOUT", "900"))
         self.lock_timeout = lock_timeout
         self.stop_grace = stop_grace
-        self.sftp = sftp  # False: the hosts' sshd offers no SFTP subsystem
+        # The hosts' sshd `Subsystem sftp` command (None: no SFTP offered), or each host's.
+        self.sftp = list(sftp) if isinstance(sftp, (list, tuple)) else [sftp] * n
         self._hosts = [
             FleetHost(name=f"{prefix}-{i}", address=f"127.0.0.{first_octet + i}",
                       ssh_port=ssh_port, hostdir=self.root / f"{prefix}-{i}",
@@ -686,7 +688,8 @@ class Fleet:
             (h.hostdir / "authorized_keys").chmod(0o600)
             h.sshd_config.write_text(_SSHD_CONFIG.format(
                 name=h.name, address=h.address, port=h.ssh_port, hostdir=h.hostdir,
-                sftp="" if self.sftp else "# "))
+                sftp=(f"Subsystem sftp {self.sftp[self._hosts.index(h)]}"
+                      if self.sftp[self._hosts.index(h)] else "# no Subsystem sftp")))
             for stale in (h.sshd_log, h.hostdir / "sshd.pid"):
                 if stale.exists():
                     stale.unlink()

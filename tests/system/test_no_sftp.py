@@ -1,10 +1,13 @@
-"""Hosts whose sshd offers no SFTP (no `Subsystem sftp`, as on some hardened servers).
+"""Hosts whose SFTP does not work: bare-0's sshd offers none (no `Subsystem sftp`, as on
+some hardened servers); bare-1's answers with text before the protocol, as an
+`sftp-server` started by a shell whose ~/.bashrc prints a greeting does (here the
+subsystem is `echo`, which prints it alone).
 
-What goes over SFTP where it is offered goes another way here: the gate reads the
-access logs with a program (the bytes in base64), and the fleet's one download of a new
-virtualenv's requirements is skipped with a warning (each host installs from the index)
-without any host waiting for a copy that cannot come. A fleet of its own (two hosts,
-port 2224), one Flask service under load.
+What goes over SFTP where it works goes another way here: the gate reads the access
+logs with a program (the bytes in base64, after whatever the shell printed), and the
+fleet's one download of a new virtualenv's requirements is skipped with a warning (each
+host installs from the index) without any host waiting for a copy that cannot come. A
+fleet of its own (two hosts, port 2224), one Flask service under load.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ SVC, PORT = "bare", 8061  # no other test uses it
 def bare(wheelhouse, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nosftp")
     f = fleet_mod.Fleet(tmp / "fleet", n=2, prefix="bare", first_octet=fleet_mod.first_octet(),
-                        ssh_port=2224, sftp=False)
+                        ssh_port=2224, sftp=[None, "/bin/echo Welcome to bare-1"])
     try:
         f.start()
     except fleet_mod.FleetError as exc:
@@ -52,15 +55,19 @@ def bare(wheelhouse, tmp_path_factory):
         f.stop()
 
 
-def test_the_hosts_really_offer_no_sftp(bare):
-    h = bare.fleet.hosts[0]
+@pytest.mark.parametrize("host, error", [
+    (0, paramiko.SSHException),  # refused
+    (1, paramiko.SFTPError),     # "Garbage packet received"
+])
+def test_the_hosts_sftp_really_does_not_work(bare, host, error):
+    h = bare.fleet.hosts[host]
     client = paramiko.SSHClient()
     client.load_host_keys(str(bare.fleet.known_hosts))
     client.connect(h.address, port=h.ssh_port, username="root",
                    key_filename=str(bare.fleet.identity_file), look_for_keys=False,
                    allow_agent=False)
     try:
-        with pytest.raises(paramiko.SSHException):
+        with pytest.raises(error):
             client.open_sftp()
         _, out, _ = client.exec_command("echo still here")
         assert out.read() == b"still here\n"  # the connection itself is fine
@@ -75,7 +82,7 @@ def test_a_first_deploy_installs_from_the_index_on_each_host_without_waiting(bar
     # The second host was told at once that no copy would come (by a program, since
     # SFTP is refused): it did not sit out its 600 s wait.
     assert time.monotonic() - t0 < 200, r.stdout
-    assert "offers no SFTP" in r.stdout + r.stderr, r.stdout
+    assert "offers no SFTP that works" in r.stdout + r.stderr, r.stdout
     assert "installs from the index" in r.stdout + r.stderr
     sha = bare.samples["skiff"].resolve("v1")
     assert {h: (bare.served(h, PORT) or {}).get("revision") for h in bare.hosts} == \

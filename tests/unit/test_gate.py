@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploytools import config, gate, inventory
-from deploytools.errors import ConnectionFailed
+from deploytools.errors import ConnectionFailed, DeployError
 from deploytools.health import Counts
 from deploytools.inventory import Fleet
 
@@ -93,6 +93,13 @@ def test_read_growing_gives_the_bytes_from_the_offset_or_from_the_start_when_rot
     with open(log, "ab") as f:
         f.write(b"d\xc3\xa9\xff\x00\n")  # any bytes, exactly
     assert read(log, 15) == (21, 15, b"d\xc3\xa9\xff\x00\n")
+
+
+def test_what_a_shell_startup_file_prints_before_the_program_is_skipped():
+    assert inventory.parse_read_growing("Welcome to web-0!\n@@read_growing 3 0\nYWJj\n") == \
+        (3, 0, b"abc")
+    with pytest.raises(DeployError, match="no @@read_growing line"):
+        inventory.parse_read_growing("Welcome to web-0!\n")
 
 
 def test_complete_lines_leave_a_line_being_written_for_the_next_read():
