@@ -452,7 +452,16 @@ class SSHTarget(Target):
         try:
             conn = self._connection()
             # fabric's create_session, with a bound: a frozen host never grants a channel.
-            chan = conn.transport.open_session(timeout=self.ssh.connect_timeout)
+            try:
+                chan = conn.transport.open_session(timeout=self.ssh.connect_timeout)
+            except paramiko.ChannelException:
+                # Refused: sshd's MaxSessions (10 by default, 2 on some hardened hosts)
+                # may be reached with our own idle SFTP session. Close it and ask again
+                # once sshd has let it go (its session process exits first: ~10 ms).
+                if not self._drop_idle_sftp():
+                    raise
+                chan = _when_freed(lambda: conn.transport.open_session(
+                    timeout=self.ssh.connect_timeout))
             if self.ssh.forward_agent and agent:
                 conn._agent_handler = AgentRequestHandler(chan)
             return chan
@@ -617,6 +626,20 @@ class SSHTarget(Target):
                 self._no_sftp = f"{e or type(e).__name__}"
         return self._sftp_client
 
+    def _drop_idle_sftp(self) -> bool:
+        """Close the SFTP session if it is open and not in use (the next use opens
+        another); whether it was."""
+        if self._sftp_client is None or not self._sftp_lock.acquire(blocking=False):
+            return False
+        try:
+            client, self._sftp_client = self._sftp_client, None
+            if client is None:
+                return False
+            client.close()
+            return True
+        finally:
+            self._sftp_lock.release()
+
     def _sftp_or_fail(self, doing: str):
         sftp = self._sftp()
         if sftp is None:
@@ -649,6 +672,20 @@ class SSHTarget(Target):
         for gateway in reversed(self._own_gateways):
             gateway.close()
         self._own_gateways = []
+
+
+def _when_freed(open_channel: Callable[[], T]) -> T:
+    """`open_channel()`, asked again while sshd still counts a session we closed (it is
+    refused until sshd has let it go), for up to 2 s."""
+    import paramiko
+    for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5):
+        time.sleep(wait)
+        try:
+            return open_channel()
+        except paramiko.ChannelException:
+            pass
+    time.sleep(1.0)
+    return open_channel()
 
 
 def read_growing_script(path: str, offset: int | None) -> str:

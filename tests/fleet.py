@@ -365,8 +365,8 @@ PrintLastLog no
 X11Forwarding no
 # paramiko / fabric's put() and get() use SFTP (Fleet's `sftp`: this command, or none)
 {sftp}
-# deploys open many channels and connections at once
-MaxSessions 50
+# deploys open many channels and connections at once (Fleet's `max_sessions`)
+MaxSessions {max_sessions}
 MaxStartups 50
 # the hosts share the controller's /etc: `setup` links init.d scripts and
 # systemd units under this host's own /srv instead (templates/ctl.j2)
@@ -436,7 +436,8 @@ class Fleet:
                  first_octet: int = 11, ssh_port: int = SSH_PORT,
                  start_timeout: float = 30.0, lock_timeout: Optional[float] = None,
                  stop_grace: float = 3.0,
-                 sftp: Union[str, None, Sequence[Optional[str]]] = "internal-sftp"):
+                 sftp: Union[str, None, Sequence[Optional[str]]] = "internal-sftp",
+                 max_sessions: Union[int, Sequence[int]] = 50):
         if not 1 <= n or first_octet + n - 1 > 254 or first_octet < 2:
             raise ValueError(f"cannot place {n} hosts from 127.0.0.{first_octet}")
         self._owner_pid = os.getpid()
@@ -452,6 +453,9 @@ class Fleet:
         self.stop_grace = stop_grace
         # The hosts' sshd `Subsystem sftp` command (None: no SFTP offered), or each host's.
         self.sftp = list(sftp) if isinstance(sftp, (list, tuple)) else [sftp] * n
+        # The hosts' sshd MaxSessions (channels per connection), or each host's.
+        self.max_sessions = (list(max_sessions) if isinstance(max_sessions, (list, tuple))
+                             else [max_sessions] * n)
         self._hosts = [
             FleetHost(name=f"{prefix}-{i}", address=f"127.0.0.{first_octet + i}",
                       ssh_port=ssh_port, hostdir=self.root / f"{prefix}-{i}",
@@ -686,10 +690,11 @@ class Fleet:
             _keygen(key, f"root@{h.name}")
             (h.hostdir / "authorized_keys").write_text(pubkey)
             (h.hostdir / "authorized_keys").chmod(0o600)
+            i = self._hosts.index(h)
             h.sshd_config.write_text(_SSHD_CONFIG.format(
                 name=h.name, address=h.address, port=h.ssh_port, hostdir=h.hostdir,
-                sftp=(f"Subsystem sftp {self.sftp[self._hosts.index(h)]}"
-                      if self.sftp[self._hosts.index(h)] else "# no Subsystem sftp")))
+                sftp=(f"Subsystem sftp {self.sftp[i]}" if self.sftp[i] else "# no Subsystem sftp"),
+                max_sessions=self.max_sessions[i]))
             for stale in (h.sshd_log, h.hostdir / "sshd.pid"):
                 if stale.exists():
                     stale.unlink()

@@ -1,16 +1,20 @@
-"""Hosts whose SFTP does not work: bare-0's sshd offers none (no `Subsystem sftp`, as on
-some hardened servers); bare-1's answers with text before the protocol, as an
-`sftp-server` started by a shell whose ~/.bashrc prints a greeting does (here the
-subsystem is `echo`, which prints it alone).
+"""Hosts whose SFTP does not work, or is tight: bare-0's sshd offers none (no `Subsystem
+sftp`, as on some hardened servers); bare-1's answers with text before the protocol, as
+an `sftp-server` started by a shell whose ~/.bashrc prints a greeting does (here the
+subsystem is `echo`, which prints it alone); bare-2's works, with `MaxSessions 2`
+(channels per connection; OpenSSH's default is 10).
 
-What goes over SFTP where it works goes another way here: the gate reads the access
-logs with a program (the bytes in base64, after whatever the shell printed), and the
-fleet's one download of a new virtualenv's requirements is skipped with a warning (each
-host installs from the index) without any host waiting for a copy that cannot come. A
-fleet of its own (two hosts, port 2224), one Flask service under load.
+What goes over SFTP where it works goes another way on the first two: the gate reads the
+access logs with a program (the bytes in base64, after whatever the shell printed), and
+the fleet's one download of a new virtualenv's requirements is skipped with a warning
+(each host installs from the index) without any host waiting for a copy that cannot
+come. On the third, the SFTP session kept open between reads gives its channel back when
+a program needs it. A fleet of its own (three hosts, port 2224), one Flask service under
+load.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import paramiko
@@ -20,6 +24,7 @@ import yaml
 import build_repos
 import fleet as fleet_mod
 import sysenv as shared
+from deploytools import config, inventory
 from loadgen import LoadGen
 
 pytestmark = pytest.mark.system
@@ -30,8 +35,9 @@ SVC, PORT = "bare", 8061  # no other test uses it
 @pytest.fixture(scope="module")
 def bare(wheelhouse, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nosftp")
-    f = fleet_mod.Fleet(tmp / "fleet", n=2, prefix="bare", first_octet=fleet_mod.first_octet(),
-                        ssh_port=2224, sftp=[None, "/bin/echo Welcome to bare-1"])
+    f = fleet_mod.Fleet(tmp / "fleet", n=3, prefix="bare", first_octet=fleet_mod.first_octet(),
+                        ssh_port=2224, sftp=[None, "/bin/echo Welcome to bare-1", "internal-sftp"],
+                        max_sessions=[50, 50, 2])
     try:
         f.start()
     except fleet_mod.FleetError as exc:
@@ -106,3 +112,21 @@ def test_the_gate_counts_the_access_logs_read_by_a_program(bare):
     hosts = gates[0]["figures"]["hosts"]
     assert sorted(hosts) == sorted(bare.hosts)
     assert all(c["log"][1] >= 20 for c in hosts.values()), hosts
+
+
+def test_an_idle_sftp_session_gives_its_channel_to_a_program(bare):
+    # bare-2 grants two channels per connection. The SFTP session the gate keeps open
+    # between reads, a long program, and then another program (the lock's heartbeat
+    # during an activation, say): the idle session is closed for it, and reopened by
+    # the next read.
+    with inventory.Fleet(config.load(bare.config), ["bare-2"]) as fleet:
+        t = fleet["bare-2"]
+        assert t.read_growing("/etc/passwd", 0)[2].startswith(b"root:")  # SFTP open
+        slow: list[str] = []
+        thread = threading.Thread(target=lambda: slow.append(t.run("sleep 2; echo slow").stdout))
+        thread.start()
+        time.sleep(0.5)
+        assert t.run("echo quick").stdout == "quick\n"
+        thread.join()
+        assert slow == ["slow\n"]
+        assert t.read_growing("/etc/passwd", 0)[2].startswith(b"root:")  # SFTP again
