@@ -21,6 +21,7 @@ class HostState:
     manifest: dict = field(default_factory=dict)
     releases: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    never_live: list[str] = field(default_factory=list)  # staged, never `current` here
     process: supervisor.ProcessStatus | None = None
 
 
@@ -44,6 +45,8 @@ def parse_inspect(stdout: str, service_name: str) -> HostState:
             state.releases.append(value)
         elif key == "rejected":
             state.rejected.append(value)
+        elif key == "never_live":
+            state.never_live.append(value)
         elif key == "manifest":
             try:
                 state.manifest = json.loads(value)
@@ -84,32 +87,37 @@ def fleet_rollback_target(states: dict[str, HostState]) -> RollbackChoice:
     """The one release the whole fleet goes back to, never one per host.
 
     Uniform fleet (every host on C): the newest release older than C, with
-    another commit, on disk on every host and rejected on none.
+    another commit, on disk on every host, rejected on none, and live once on
+    every host (a release that a failed deploy staged and never switched to is
+    not "the previous release"; releases staged before that was recorded count
+    as live).
     Mixed fleet (a deploy died half way, or went to some hosts only): the
     release live everywhere before it, i.e. the newest release no newer than
-    the oldest live one, on disk everywhere and rejected nowhere; the hosts
-    already on it stay there.
+    the oldest live one, on disk everywhere, rejected nowhere, live once
+    everywhere; the hosts already on it stay there.
     """
     live = {h: st for h, st in states.items() if st.current}
     if not live:
         return RollbackChoice(None, "nothing is deployed on any of these hosts")
     common = set.intersection(*(set(st.releases) for st in live.values()))
-    rejected = set().union(*(set(st.rejected) for st in live.values()))
+    # Rejected (a failed gate) or never live (staged by a deploy that failed before
+    # switching to it) on any host: not a release to go back to.
+    excluded = set().union(*(set(st.rejected) | set(st.never_live) for st in live.values()))
     currents = {st.current for st in live.values()}
     oldest = min(currents)
     if len(currents) == 1:
-        older = sorted(r for r in common - rejected
+        older = sorted(r for r in common - excluded
                        if r < oldest and commit_of(r) != commit_of(oldest))
         if not older:
             return RollbackChoice(None, f"every host is on {oldest} and no earlier release "
-                                        "is on disk on all of them")
+                                        "that was live is on disk on all of them")
         return RollbackChoice(older[-1], f"every host is on {oldest}; {older[-1]} is the "
                                          "newest earlier release on every host")
     by_release: dict[str, list[str]] = {}
     for h, st in live.items():
         by_release.setdefault(st.current, []).append(h)
     mixed = "; ".join(f"{', '.join(hs)} on {r}" for r, hs in sorted(by_release.items()))
-    candidates = sorted(r for r in common - rejected if r <= oldest)
+    candidates = sorted(r for r in common - excluded if r <= oldest)
     if not candidates:
         return RollbackChoice(None, f"the fleet is mixed ({mixed}) and no release up to "
                                     f"{oldest} is on disk on every host")

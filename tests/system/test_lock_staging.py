@@ -147,3 +147,40 @@ def test_a_new_requirement_is_staged_after_the_lock_and_downloaded_once(fold):
     assert fold.revisions() == {h: fold.sha("v3") for h in HOSTS}
     for h in HOSTS[1:]:
         assert "venv_from_fleet_download" in fold.history(h)[-1]["steps"]
+
+
+def test_a_release_a_failed_deploy_left_staged_is_no_rollback_target(fold):
+    # A deploy of v1 stops after staging, before any switch (its after_stage hook fails):
+    # v1's new release stays staged on every host, never live. v2 goes live next. Its
+    # rollback goes back to v3, which was live before it, not to that v1 release.
+    assert fold.revisions() == {h: fold.sha("v3") for h in HOSTS}
+    data = json.loads(json.dumps(fold.data))
+    data["services"][SVC]["hooks"] = {"after_stage": [{"run": "false"}]}
+    fold.write(data)
+    try:
+        r = fold.fab(f"deploy:{SVC},ref=v1,force=true", check=False)
+    finally:
+        fold.write()
+    assert r.returncode == 1 and "no host was switched" in r.stderr, r.stderr
+    left = {h: fold.releases_of(h, "v1")[-1] for h in HOSTS}
+    for h in HOSTS:
+        assert (fold.srv(h) / "releases" / left[h] / ".deploy" / "never_live").exists()
+    fold.fab(f"deploy:{SVC},ref=v2,force=true")
+    live = {h: fold.srv(h) / "releases" / fold.releases_of(h, "v2")[-1] for h in HOSTS}
+    assert not any((p / ".deploy" / "never_live").exists() for p in live.values())
+    r = fold.fab(f"rollback:{SVC}")
+    assert fold.revisions() == {h: fold.sha("v3") for h in HOSTS}, r.stdout
+    assert all(left[h] not in r.stdout for h in HOSTS), r.stdout
+
+
+def test_a_deploy_whose_output_nobody_reads_goes_on_to_its_end(fold):
+    # `deploytools deploy:x | head -1`, or a CI log shipper that died: no reader for
+    # stdout. The deploy is not cut short by it (it failed as an internal error after
+    # its first line, with the release staged and never live).
+    proc = subprocess.Popen([sys.executable, "-m", "deploytools", f"deploy:{SVC},ref=v2,force=true"],
+                            cwd=ROOT, env=fold.environ(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert fold.revisions() == {h: fold.sha("v2") for h in HOSTS}
+    assert fold.history("web-0")[-1]["outcome"] == "success"

@@ -101,3 +101,49 @@ def test_running_a_task_gets_fabrics_config(tmp_path, monkeypatch):
     assert isinstance(program.config, fabric.Config)
     assert program.config.connect_kwargs == {"key_filename": ["/k/id"], "timeout": 7}
     assert program.config.tasks.collection_name == "fabfile" and program.config.port == 22
+
+
+def run_deploytools(tmp_path, *argv, stdout=subprocess.PIPE):
+    return subprocess.run([sys.executable, "-m", "deploytools", *argv], cwd=tmp_path,
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+
+
+def test_a_reader_that_goes_away_is_no_error(tmp_path):
+    """`deploytools history:x | head`: the output's reader is gone before (or while) it
+    is written. What is left is dropped, and the command ends as it would have (here
+    0), not as an internal error; a deploy goes on to its end (test_lock_staging.py)."""
+    proc = subprocess.Popen([sys.executable, "-m", "deploytools", "--list"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before it starts: every write meets a closed pipe
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr.read() == ""
+
+
+def test_the_exit_runs_atexit_functions_and_waits_for_a_fabfiles_threads(tmp_path):
+    """The CLI exits without Python's teardown (os._exit), but after the atexit functions
+    (a fabfile's included) and, while a fabfile's non-daemon thread runs, as Python does:
+    it waits for that thread."""
+    (tmp_path / "fabfile.py").write_text(
+        "import atexit, pathlib, threading, time\n"
+        "from invoke import task\n\n"
+        "@task\n"
+        "def note(c, wait=False):\n"
+        "    here = pathlib.Path(__file__).parent\n"
+        "    atexit.register(lambda: (here / 'atexit').write_text('ran'))\n"
+        "    if wait:\n"
+        "        def later():\n"
+        "            time.sleep(0.5)\n"
+        "            (here / 'thread').write_text('done')\n"
+        "        threading.Thread(target=later).start()\n"
+        "    print('noted', end='')  # no newline: flushed all the same\n")
+    r = run_deploytools(tmp_path, "note")
+    assert (r.returncode, r.stdout) == (0, "noted"), r.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    (tmp_path / "atexit").unlink()
+    r = run_deploytools(tmp_path, "note", "--wait")
+    assert (r.returncode, r.stdout) == (0, "noted"), r.stderr
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    # An error's exit status is kept.
+    r = run_deploytools(tmp_path, "nosuchtask")
+    assert r.returncode == 2 and r.stderr.startswith("Error: "), r.stderr

@@ -8,8 +8,9 @@ R1, R2, R3, R4 = ("20261101T000000Z-aaaaaaa", "20261102T000000Z-bbbbbbb",
                   "20261103T000000Z-ccccccc", "20261104T000000Z-ddddddd")
 
 
-def st(current, releases=(R1, R2, R3), rejected=()):
-    return HostState(current=current, releases=sorted(releases), rejected=list(rejected))
+def st(current, releases=(R1, R2, R3), rejected=(), never_live=()):
+    return HostState(current=current, releases=sorted(releases), rejected=list(rejected),
+                     never_live=list(never_live))
 
 
 @pytest.mark.parametrize("states, want, why", [
@@ -23,6 +24,12 @@ def st(current, releases=(R1, R2, R3), rejected=()):
     ({"a": st(R3), "b": st(R3, (R1, R3))}, R1, "every host is on"),
     # A rejected release (failed gate) is never a target, whichever host marked it.
     ({"a": st(R3, rejected=(R2,)), "b": st(R3)}, R1, "every host is on"),
+    # A release a failed deploy staged and never switched to is not the previous one,
+    # whichever host says so (R2 staged, the deploy failed; then R3 went live).
+    ({"a": st(R3, never_live=(R2,)), "b": st(R3, never_live=(R2,))}, R1, "every host is on"),
+    ({"a": st(R3), "b": st(R3, never_live=(R2,))}, R1, "every host is on"),
+    # Mixed: a deploy of R3 killed after the canary; R3 was staged on b, never live there.
+    ({"a": st(R3, never_live=()), "b": st(R2, never_live=(R3,))}, R2, "mixed"),
     # The same commit redeployed is not a rollback target.
     ({"a": st("20261105T000000Z-ccccccc", (R1, R3, "20261105T000000Z-ccccccc"))}, R1, ""),
     # A host with nothing deployed does not block the others.
