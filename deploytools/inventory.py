@@ -626,17 +626,20 @@ class SSHTarget(Target):
                 self._no_sftp = f"{e or type(e).__name__}"
         return self._sftp_client
 
+    def _close_sftp(self) -> bool:
+        """Close the SFTP session, if one is open (the next use opens another); whether
+        one was."""
+        client, self._sftp_client = self._sftp_client, None
+        if client is not None:
+            client.close()
+        return client is not None
+
     def _drop_idle_sftp(self) -> bool:
-        """Close the SFTP session if it is open and not in use (the next use opens
-        another); whether it was."""
+        """_close_sftp, if the session is not in use; whether one was closed."""
         if self._sftp_client is None or not self._sftp_lock.acquire(blocking=False):
             return False
         try:
-            client, self._sftp_client = self._sftp_client, None
-            if client is None:
-                return False
-            client.close()
-            return True
+            return self._close_sftp()
         finally:
             self._sftp_lock.release()
 
@@ -652,9 +655,7 @@ class SSHTarget(Target):
     def _sftp_lost(self, e: BaseException) -> ConnectionFailed:
         """The SFTP session failed: it is dropped (the next use opens another), and a
         host that stopped answering is not asked again in this command."""
-        client, self._sftp_client = self._sftp_client, None
-        if client is not None:
-            client.close()
+        self._close_sftp()
         if isinstance(e, socket.timeout):
             self.unresponsive = f"an SFTP request timed out after {self.default_timeout:g}s"
             return ConnectionFailed(f"{self.unresponsive}: {self.describe()} stopped answering",
@@ -663,9 +664,7 @@ class SSHTarget(Target):
                                 f"{e or type(e).__name__}", host=self.name)
 
     def close(self) -> None:
-        if self._sftp_client is not None:
-            self._sftp_client.close()
-            self._sftp_client = None
+        self._close_sftp()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
