@@ -69,15 +69,22 @@ class Env:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def services_yaml(fleet, samples, wheelhouse, tmp: Path) -> dict:
-    pip_args = f"--no-index --find-links {wheelhouse}"
+def fleet_yaml(fleet, wheelhouse) -> dict:
+    """A services.yaml without its services: `fleet`'s ssh, hosts and `web` role, and the
+    suite's defaults (installs from the test wheelhouse, a 1 s bake)."""
     return {
         "ssh": fleet.ssh_config_yaml(),
         "hosts": fleet.hosts_yaml(),
         "roles": {"web": [h.name for h in fleet.hosts]},
-        "defaults": {"pip_args": pip_args, "keep_releases": 3,
+        "defaults": {"pip_args": f"--no-index --find-links {wheelhouse}", "keep_releases": 3,
                      "health": {"timeout": 20, "interval": 0.2},
                      "gate": {"warmup": 0, "bake": 1, "on_inconclusive": "proceed"}},
+    }
+
+
+def services_yaml(fleet, samples, wheelhouse, tmp: Path) -> dict:
+    return {
+        **fleet_yaml(fleet, wheelhouse),
         "services": {
             "airship": {
                 "kind": "django", "repo": str(samples["airship"].origin), "role": "web",

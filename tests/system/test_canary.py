@@ -115,8 +115,7 @@ def canary(fleet, wheelhouse, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("canary")
     repo = build_repos.build(tmp / "samples", ["airship"])["airship"]
     add_commits(repo)
-    base = shared.services_yaml(fleet, {"airship": repo, "skiff": repo}, wheelhouse, tmp)
-    data = {k: base[k] for k in ("ssh", "hosts", "roles", "defaults")}
+    data = shared.fleet_yaml(fleet, wheelhouse)
     data["defaults"] = dict(data["defaults"], gate={})
     data["services"] = {SVC: _service(repo)}
     config = tmp / "services.yaml"

@@ -46,9 +46,7 @@ LOAD_RATE = 120.0
 def kinds(fleet, wheelhouse, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kinds")
     repos = build_repos.build(tmp / "samples", ["harbor", "dory"])
-    base = shared.services_yaml(fleet, {"airship": repos["dory"], "skiff": repos["dory"]},
-                                wheelhouse, tmp)
-    data = {k: base[k] for k in ("ssh", "hosts", "roles", "defaults")}
+    data = shared.fleet_yaml(fleet, wheelhouse)
     # No health timeout in defaults: harbor gets the kind command default (30 s).
     data["defaults"] = dict(data["defaults"], health={"interval": 0.2}, gate=dict(GATE))
     data["services"] = {

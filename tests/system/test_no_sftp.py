@@ -44,9 +44,7 @@ def bare(wheelhouse, tmp_path_factory):
         pytest.fail(f"{exc}", pytrace=False)
     try:
         repos = build_repos.build(tmp / "samples", ["skiff"])
-        base = shared.services_yaml(f, {"airship": repos["skiff"], "skiff": repos["skiff"]},
-                                    wheelhouse, tmp)
-        data = {k: base[k] for k in ("ssh", "hosts", "roles", "defaults")}
+        data = shared.fleet_yaml(f, wheelhouse)
         data["services"] = {SVC: {
             "kind": "flask", "repo": str(repos["skiff"].origin), "role": "web",
             "app": "skiff.app:app", "port": PORT, "workers": 1, "graceful_timeout": 3,

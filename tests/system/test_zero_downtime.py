@@ -40,9 +40,7 @@ LB_PORT = 8590
 def zd(fleet, wheelhouse, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zd")
     repos = build_repos.build(tmp / "samples", ["skiff"])
-    base = shared.services_yaml(fleet, {"airship": repos["skiff"], "skiff": repos["skiff"]},
-                                wheelhouse, tmp)
-    data = {k: base[k] for k in ("ssh", "hosts", "roles", "defaults")}
+    data = shared.fleet_yaml(fleet, wheelhouse)
     data["services"] = {SVC: {
         "kind": "flask", "repo": str(repos["skiff"].origin), "role": "web",
         "app": "skiff.app:app", "port": PORT, "workers": 2, "graceful_timeout": 5,
